@@ -1,0 +1,1 @@
+"""influence package."""
