@@ -1,0 +1,138 @@
+"""Stage `score`: run TracIn and predictions with every trained model and write the score tables.
+
+Owns I/O for scoring: methods (tracin, gradients) are pure; this module decides rows, targets and storage.
+Outputs: `scores.parquet` (per sample), `probs_in.npy` (in-sample class probabilities averaged over
+checkpoints), `probs_oof.npy` (out-of-fold probabilities; NaN without folds), `probs_main.npy`,
+`embeddings.npy` (main model's penultimate features), all in samples-table row order.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pandas as pd
+import torch
+
+from auditor.influence.tracin import compute_tracin
+from auditor.models.fitting import MAIN_MODEL, ModelSpec, TrainedModel
+from auditor.models.train import predict
+from auditor.schema import HARM_SCORE, LOSS, SAMPLE_ID, SELF_INFLUENCE, SPLIT
+from auditor.store import RunStore
+
+logger = logging.getLogger(__name__)
+
+SCORES_TABLE = "scores"
+DYNAMICS_LOSS = "dynamics_loss"
+OOF_LOSS = "oof_loss"
+
+
+def _mean_probs_over_checkpoints(model: torch.nn.Module, trained: TrainedModel, pixels: torch.Tensor) -> np.ndarray:
+    total: np.ndarray | None = None
+    for checkpoint in trained.checkpoints:
+        model.load_state_dict(checkpoint.state)
+        probs, _ = predict(model, pixels)
+        total = probs if total is None else total + probs
+    assert total is not None
+    return total / len(trained.checkpoints)
+
+
+def run_scoring(
+    store: RunStore,
+    samples: pd.DataFrame,
+    pixels: torch.Tensor,
+    targets: torch.Tensor,
+    spec: ModelSpec,
+    trained: list[TrainedModel],
+    *,
+    batch_size: int,
+    progress: bool,
+) -> pd.DataFrame:
+    """Score every sample with every model and write the score tables; returns the scores frame."""
+    n, n_classes = len(samples), spec.n_classes
+    splits = samples[SPLIT].to_numpy()
+    models = {t.name: t for t in trained}
+    main = models[MAIN_MODEL]
+    folds = [t for t in trained if t.name != MAIN_MODEL]
+    network = spec.build()
+    val_rows = np.flatnonzero(splits == "val")
+
+    network.load_state_dict(main.checkpoints[-1].state)
+    probs_main, embeddings = predict(network, pixels)
+    loss_main = -np.log(np.clip(probs_main[np.arange(n), targets.numpy()], 1e-12, None))
+
+    self_sum = np.zeros(n)
+    self_count = np.zeros(n)
+    dyn_sum = np.zeros(n)
+    probs_in_sum = np.zeros((n, n_classes))
+    probs_oof = np.full((n, n_classes), np.nan)
+    harm = np.full(n, np.nan)
+
+    # Main model: harm on the validation loss for the rows it trained on.
+    train_rows = main.train_rows
+    scored = compute_tracin(
+        network,
+        main.checkpoints,
+        pixels[train_rows],
+        targets[train_rows],
+        target_pixels=pixels[val_rows] if len(val_rows) else None,
+        target_targets=targets[val_rows] if len(val_rows) else None,
+        batch_size=batch_size,
+        progress=progress,
+        desc="tracin main",
+    )
+    if scored.harm is not None:
+        harm[train_rows] = scored.harm
+    if not folds:
+        # No cross-fitting: the main model supplies dynamics for every row (in-sample only for train rows).
+        full = compute_tracin(network, main.checkpoints, pixels, targets, batch_size=batch_size, progress=progress, desc="tracin all")
+        self_sum += full.self_influence
+        self_count += 1
+        dyn_sum += full.losses.mean(0)
+        probs_in_sum += _mean_probs_over_checkpoints(network, main, pixels)
+    for fold in folds:
+        rows = fold.train_rows
+        held_out = np.setdiff1d(np.arange(n), rows)
+        fold_val = held_out[splits[held_out] == "val"]
+        scored = compute_tracin(
+            network,
+            fold.checkpoints,
+            pixels[rows],
+            targets[rows],
+            target_pixels=pixels[fold_val] if len(fold_val) else None,
+            target_targets=targets[fold_val] if len(fold_val) else None,
+            batch_size=batch_size,
+            progress=progress,
+            desc=f"tracin {fold.name}",
+        )
+        self_sum[rows] += scored.self_influence
+        self_count[rows] += 1
+        dyn_sum[rows] += scored.losses.mean(0)
+        if scored.harm is not None:
+            # Rows outside the main model's training set get their harm from the fold model that trained them.
+            not_main = rows[splits[rows] != "train"]
+            harm[not_main] = scored.harm[np.isin(rows, not_main)]
+        probs_in_sum[rows] += _mean_probs_over_checkpoints(network, fold, pixels[rows])
+        network.load_state_dict(fold.checkpoints[-1].state)
+        probs_oof[held_out], _ = predict(network, pixels[held_out])
+
+    count = np.maximum(self_count, 1)
+    probs_in = probs_in_sum / count[:, None]
+    oof_loss = -np.log(np.clip(probs_oof[np.arange(n), targets.numpy()], 1e-12, None))
+    scores = pd.DataFrame(
+        {
+            SAMPLE_ID: samples[SAMPLE_ID].to_numpy(),
+            LOSS: loss_main,
+            SELF_INFLUENCE: self_sum / count,
+            DYNAMICS_LOSS: dyn_sum / count,
+            OOF_LOSS: oof_loss,
+            HARM_SCORE: harm,
+        }
+    )
+    store.write_array("probs_main", probs_main.astype(np.float32))
+    store.write_array("probs_in", probs_in.astype(np.float32))
+    store.write_array("probs_oof", probs_oof.astype(np.float32))
+    store.write_array("embeddings", embeddings.astype(np.float32))
+    store.write_table(SCORES_TABLE, scores)
+    logger.info("Scored %d samples with %d model(s)", n, len(trained))
+    return scores

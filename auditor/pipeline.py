@@ -1,0 +1,211 @@
+"""The audit as a sequence of resumable stages over one run directory: ingest, train, score, analyze, report.
+
+Each stage reads what earlier stages wrote through the RunStore and records its completion in the
+manifest, so a rerun resumes at the first unfinished stage. Composition, not inheritance.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import platform
+import shutil
+from dataclasses import dataclass, replace
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from auditor.config import AuditConfig
+from auditor.errors import AuditorError
+from auditor.schema import (
+    CONTENT_HASH,
+    ERRORS_TABLE,
+    FINDINGS_FILE,
+    HEIGHT,
+    LABEL,
+    METRICS_FILE,
+    RELPATH,
+    SAMPLES_TABLE,
+    SPLIT,
+    WIDTH,
+)
+from auditor.store import RunStore
+
+logger = logging.getLogger(__name__)
+
+STAGES = ("ingest", "train", "score", "analyze", "report")
+INGEST_TABLE = "ingest_samples"
+PIXELS_ARRAY = "pixels"
+CLASSES_FILE = "classes.json"
+DEMO_CHECK_FILE = "demo_check.json"
+_VERSIONED_PACKAGES = ("torch", "torchvision", "numpy", "pandas", "scikit-learn", "scipy", "pyarrow", "jinja2", "fiftyone")
+
+
+@dataclass
+class AuditResult:
+    """What an audit returns to Python callers: the tables and where the outputs are."""
+
+    run_dir: Path
+    samples: pd.DataFrame
+    findings: list[dict[str, Any]]
+    metrics: dict[str, Any]
+    paths: dict[str, Path]
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of Python and of the packages that shape the results (for the reproducibility appendix)."""
+    versions = {"python": platform.python_version()}
+    for name in _VERSIONED_PACKAGES:
+        try:
+            versions[name] = importlib_metadata.version(name)
+        except importlib_metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def data_fingerprint(samples: pd.DataFrame) -> str:
+    """sha256 over every sample's relative path, content hash, label and split, in sorted order."""
+    digest = hashlib.sha256()
+    for row in sorted(zip(samples[RELPATH], samples[CONTENT_HASH], samples[LABEL], samples[SPLIT], strict=True)):
+        digest.update("\x1f".join(map(str, row)).encode())
+        digest.update(b"\n")
+    return digest.hexdigest()
+
+
+def resolve_config(config: AuditConfig) -> AuditConfig:
+    """Make paths absolute (so a resumed run compares equal) and fill demo defaults."""
+    data = str(Path(config.data).expanduser().resolve())
+    metadata = str(Path(config.metadata).expanduser().resolve()) if config.metadata else None
+    if config.format == "demo" and metadata is None:
+        metadata = str(Path(data) / "metadata.csv")
+    return replace(config, data=data, metadata=metadata)
+
+
+class Auditor:
+    """Runs the stages of one audit over a RunStore."""
+
+    def __init__(self, config: AuditConfig) -> None:
+        self.config = resolve_config(config)
+        self.store = RunStore(self.config.run_dir)
+
+    def run(self) -> AuditResult:
+        """Run every unfinished stage and return the result."""
+        from auditor import __version__
+
+        created = not self.store.exists()
+        self.store.prepare(self.config.result_settings(), overwrite=self.config.overwrite, tool_version=__version__)
+        try:
+            self._stage("ingest", self._ingest)
+        except AuditorError:
+            if created:  # never leave a half-made run directory behind for bad input
+                shutil.rmtree(self.store.root, ignore_errors=True)
+            raise
+        self._stage("train", self._train)
+        self._stage("score", self._score)
+        self._stage("analyze", self._analyze)
+        self._stage("report", self._report)
+        return load_result(self.store)
+
+    def _stage(self, name: str, work: Any) -> None:
+        if self.store.stage_done(name):
+            logger.info("Stage %s already done; skipping", name)
+            return
+        logger.info("Stage %s", name)
+        work()
+        self.store.mark_stage_done(name)
+
+    # -- stages ----------------------------------------------------------------------------------
+
+    def _ingest(self) -> None:
+        from auditor.data.sources import load_samples
+
+        config = self.config
+        if config.format == "demo":
+            from auditor.data.demo import build_demo_dataset
+
+            build_demo_dataset(Path(config.data), seed=config.seed)
+            config = replace(config, format="imagefolder")
+        samples, errors = load_samples(config, self.store)
+        self.store.write_table(ERRORS_TABLE, errors)
+        self.store.write_table(INGEST_TABLE, samples)
+        self.store.update_manifest(
+            data_fingerprint=data_fingerprint(samples),
+            n_samples=len(samples),
+            n_errors=len(errors),
+            versions=package_versions(),
+        )
+        logger.info("Ingested %d samples (%d unreadable files recorded)", len(samples), len(errors))
+
+    def _inputs(self) -> tuple[pd.DataFrame, torch.Tensor, torch.Tensor, list[str]]:
+        samples = self.store.read_table(INGEST_TABLE)
+        classes: list[str] = self.store.read_json(CLASSES_FILE)
+        pixels = torch.from_numpy(np.ascontiguousarray(self.store.read_array(PIXELS_ARRAY)))
+        index = {c: i for i, c in enumerate(classes)}
+        targets = torch.as_tensor(samples[LABEL].map(index).to_numpy(), dtype=torch.long)
+        return samples, pixels, targets, classes
+
+    def _train(self) -> None:
+        from auditor.data.images import default_image_size, infer_channels, load_pixels
+        from auditor.models.fitting import class_index, resolve_model_spec, run_training
+
+        samples = self.store.read_table(INGEST_TABLE)
+        if not self.store.has(f"{PIXELS_ARRAY}.npy"):
+            channels = infer_channels(samples)
+            size = self.config.image_size or default_image_size(samples, channels)
+            self.store.write_array(PIXELS_ARRAY, load_pixels(samples, size, channels))
+            self.store.write_json(CLASSES_FILE, class_index(samples))
+        samples, pixels, targets, classes = self._inputs()
+        native = int(np.median(np.minimum(samples[WIDTH], samples[HEIGHT])))
+        spec = resolve_model_spec(
+            self.config, native_size=native, channels=pixels.shape[1], image_size=pixels.shape[2], n_classes=len(classes)
+        )
+        run_training(self.store, self.config, spec, pixels, targets, samples)
+
+    def _score(self) -> None:
+        from auditor.influence.engine import run_scoring
+        from auditor.models.fitting import load_trained
+
+        samples, pixels, targets, _ = self._inputs()
+        spec, trained = load_trained(self.store)
+        run_scoring(
+            self.store, samples, pixels, targets, spec, trained, batch_size=self.config.batch_size, progress=self.config.progress
+        )
+
+    def _analyze(self) -> None:
+        from auditor.analysis.run import run_analysis
+
+        classes: list[str] = self.store.read_json(CLASSES_FILE)
+        table = run_analysis(self.store, classes)
+        if self.config.format == "demo":
+            from auditor.analysis.planted import score_planted
+
+            planted = Path(self.config.data) / "planted.json"
+            findings = self.store.read_json(FINDINGS_FILE)
+            self.store.write_json(DEMO_CHECK_FILE, score_planted(planted, table, findings))
+
+    def _report(self) -> None:
+        from auditor.report.render import run_reports
+
+        run_reports(self.store)
+
+
+def load_result(store: RunStore) -> AuditResult:
+    """Read an existing run directory's outputs into an AuditResult."""
+    paths = {name: store.path(name) for name in ("index.html", "audit.json", "summary.md") if store.has(name)}
+    paths["samples"] = store.path(f"{SAMPLES_TABLE}.parquet")
+    return AuditResult(
+        run_dir=store.root,
+        samples=store.read_table(SAMPLES_TABLE),
+        findings=store.read_json(FINDINGS_FILE),
+        metrics=store.read_json(METRICS_FILE),
+        paths=paths,
+    )
+
+
+def run_audit(config: AuditConfig) -> AuditResult:
+    """Run (or resume) the audit described by `config`."""
+    return Auditor(config).run()

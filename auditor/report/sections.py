@@ -1,0 +1,580 @@
+"""Report sections: each turns AuditTables into JSON-able data for one template; `SECTIONS` fixes their order.
+
+Sections never produce markup: templates under auditor/templates/sections/ render what `build` returns.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Mapping
+from typing import Any, ClassVar
+
+import pandas as pd
+
+from auditor.report.tables import SEVERITIES, AuditTables, to_plain
+from auditor.report.thumbnails import load_thumbnail
+from auditor.schema import (
+    BRIGHTNESS,
+    DUPLICATE_GROUP,
+    FILEPATH,
+    GIVEN_LABEL_PROB,
+    HARM_SCORE,
+    HEIGHT,
+    IS_HARMFUL,
+    IS_LABEL_ISSUE,
+    LABEL,
+    LABEL_ISSUE_SCORE,
+    LOSS,
+    MODE,
+    PREDICTED_LABEL,
+    RELPATH,
+    SAMPLE_ID,
+    SELF_INFLUENCE,
+    SPLIT,
+    SPLITS,
+    SUGGESTED_LABEL,
+    WIDTH,
+    meta_columns,
+)
+
+GALLERY_THUMBNAIL_SIZE = 96
+STRIP_THUMBNAIL_SIZE = 64
+MAX_LABEL_ISSUES = 60
+MAX_HARMFUL = 30
+MAX_CLASS_ROWS = 40
+MAX_FINDINGS = 500
+MAX_DUPLICATE_GROUPS = 40
+MAX_GROUP_MEMBERS = 12
+MAX_ERROR_ROWS = 200
+MAX_EVIDENCE_ITEMS = 6
+MAX_TEXT = 160
+
+_SEVERITY_RANK = {severity: rank for rank, severity in enumerate(SEVERITIES)}
+_EVIDENCE_PRIORITY = (
+    "column",
+    "value",
+    "match",
+    "cross_split",
+    "conflicting_labels",
+    "n",
+    "n_flagged",
+    "rate",
+    "lift",
+    "accuracy_gap",
+    "p_value",
+    "q_value",
+)
+
+
+class Section(ABC):
+    """One part of the report. `build` returns plain JSON-able data; `template` renders it as `ctx`."""
+
+    name: ClassVar[str]
+    title: ClassVar[str]
+    template: ClassVar[str]
+
+    def applies(self, tables: AuditTables) -> bool:
+        """False when the section has nothing to say for this run and is left out entirely."""
+        del tables
+        return True
+
+    @abstractmethod
+    def build(self, tables: AuditTables) -> dict[str, Any]:
+        """The data the template needs: only dicts, lists, str, int, float, bool and None."""
+
+
+class GateSection(Section):
+    """Per-rule results of the rule gate, once a gate has judged the run."""
+
+    name: ClassVar[str] = "gate"
+    title: ClassVar[str] = "Rule gate"
+    template: ClassVar[str] = "sections/gate.html.j2"
+
+    def applies(self, tables: AuditTables) -> bool:
+        return bool(tables.results)
+
+    def build(self, tables: AuditTables) -> dict[str, Any]:
+        rows = [
+            {
+                "rule": _text(result.get("rule_id") or result.get("id") or result.get("name") or ""),
+                "status": _text(result.get("status") or result.get("outcome") or ""),
+                "message": _text(result.get("message") or result.get("description") or ""),
+            }
+            for result in tables.results
+        ]
+        return {"verdict": tables.verdict, "rows": rows}
+
+
+class OverviewSection(Section):
+    """Counts per split and class, metadata coverage, image sizes, proxy-model accuracy and error counts."""
+
+    name: ClassVar[str] = "overview"
+    title: ClassVar[str] = "Dataset overview"
+    template: ClassVar[str] = "sections/overview.html.j2"
+
+    def build(self, tables: AuditTables) -> dict[str, Any]:
+        samples = tables.samples
+        splits = _ordered_splits(samples[SPLIT])
+        counts = pd.crosstab(samples[LABEL].astype(str), samples[SPLIT].astype(str))
+        counts = counts.reindex(columns=splits, fill_value=0)
+        totals = counts.sum(axis=1)
+        order = sorted(counts.index, key=lambda label: (-int(totals[label]), label))
+        class_rows = [
+            {"label": label, "counts": [int(counts.at[label, s]) for s in splits], "total": int(totals[label])}
+            for label in order[:MAX_CLASS_ROWS]
+        ]
+        split_rows = [
+            {
+                "split": split,
+                "n_samples": int((samples[SPLIT] == split).sum()),
+                "n_classes": int(samples.loc[samples[SPLIT] == split, LABEL].nunique()),
+                "accuracy": to_plain(tables.metric(f"model.accuracy.{split}")),
+            }
+            for split in splits
+        ]
+        class_sizes = totals.to_numpy()
+        return {
+            "n_samples": len(samples),
+            "n_classes": int(samples[LABEL].nunique()),
+            "splits": splits,
+            "split_rows": split_rows,
+            "class_rows": class_rows,
+            "n_classes_hidden": max(len(order) - MAX_CLASS_ROWS, 0),
+            "class_size": {
+                "min": int(class_sizes.min()) if len(class_sizes) else 0,
+                "median": float(pd.Series(class_sizes).median()) if len(class_sizes) else 0.0,
+                "max": int(class_sizes.max()) if len(class_sizes) else 0,
+            },
+            "metadata": _metadata_coverage(samples),
+            "images": _image_summary(samples),
+            "errors_by_stage": _counts(tables.errors["stage"]) if "stage" in tables.errors else [],
+            "n_errors": len(tables.errors),
+        }
+
+
+class DemoCheckSection(Section):
+    """How many of the problems planted in the built-in demo the audit recovered."""
+
+    name: ClassVar[str] = "demo_check"
+    title: ClassVar[str] = "Demo self-check"
+    template: ClassVar[str] = "sections/demo_check.html.j2"
+
+    def applies(self, tables: AuditTables) -> bool:
+        return tables.demo_check is not None
+
+    def build(self, tables: AuditTables) -> dict[str, Any]:
+        problems = (tables.demo_check or {}).get("problems") or []
+        rows = [
+            {
+                "name": _text(p.get("name", "")),
+                "planted": to_plain(p.get("planted")),
+                "found": to_plain(p.get("found")),
+                "recall": to_plain(p.get("recall")),
+                "precision": to_plain(p.get("precision")),
+                "how": _text(p.get("how", "")),
+            }
+            for p in problems
+            if isinstance(p, Mapping)
+        ]
+        return {"rows": rows}
+
+
+class LabelIssuesSection(Section):
+    """Gallery of the samples most likely to be mislabeled, highest `label_issue_score` first."""
+
+    name: ClassVar[str] = "label_issues"
+    title: ClassVar[str] = "Suspected label errors"
+    template: ClassVar[str] = "sections/label_issues.html.j2"
+
+    def build(self, tables: AuditTables) -> dict[str, Any]:
+        samples = tables.samples
+        if LABEL_ISSUE_SCORE not in samples:
+            return {"computed": False, "n_flagged": 0, "rate": None, "cards": [], "n_hidden": 0}
+        flagged = samples[samples[IS_LABEL_ISSUE].fillna(False).astype(bool)] if IS_LABEL_ISSUE in samples else samples
+        ranked = _rank(flagged, LABEL_ISSUE_SCORE)
+        cards = [
+            {
+                **_sample_card(row, GALLERY_THUMBNAIL_SIZE),
+                "suggested_label": _text(row.get(SUGGESTED_LABEL)),
+                "predicted_label": _text(row.get(PREDICTED_LABEL)),
+                "score": to_plain(row[LABEL_ISSUE_SCORE]),
+                "given_label_prob": to_plain(row.get(GIVEN_LABEL_PROB)),
+            }
+            for row in _records(ranked.head(MAX_LABEL_ISSUES))
+        ]
+        rate = tables.metric("issues.label_issue.rate")
+        return {
+            "computed": True,
+            "n_flagged": len(flagged),
+            "rate": to_plain(rate if rate is not None else len(flagged) / max(len(samples), 1)),
+            "cards": cards,
+            "n_hidden": max(len(flagged) - MAX_LABEL_ISSUES, 0),
+        }
+
+
+class HarmfulSection(Section):
+    """Samples whose removal is predicted to lower the validation loss most, highest `harm_score` first."""
+
+    name: ClassVar[str] = "harmful"
+    title: ClassVar[str] = "Harmful training samples"
+    template: ClassVar[str] = "sections/harmful.html.j2"
+
+    def build(self, tables: AuditTables) -> dict[str, Any]:
+        samples = tables.samples
+        if HARM_SCORE not in samples:
+            return {"computed": False, "n_flagged": 0, "cards": [], "n_hidden": 0}
+        if IS_HARMFUL in samples:
+            candidates = samples[samples[IS_HARMFUL].fillna(False).astype(bool)]
+        else:
+            candidates = samples[samples[HARM_SCORE] > 0]
+        ranked = _rank(candidates, HARM_SCORE)
+        cards = [
+            {
+                **_sample_card(row, GALLERY_THUMBNAIL_SIZE),
+                "harm_score": to_plain(row[HARM_SCORE]),
+                "self_influence": to_plain(row.get(SELF_INFLUENCE)),
+                "loss": to_plain(row.get(LOSS)),
+            }
+            for row in _records(ranked.head(MAX_HARMFUL))
+        ]
+        return {
+            "computed": True,
+            "n_flagged": len(candidates),
+            "cards": cards,
+            "n_hidden": max(len(candidates) - MAX_HARMFUL, 0),
+        }
+
+
+class FindingsSection(Section):
+    """Every finding, most severe first: kind, severity, title, number of samples and key evidence."""
+
+    name: ClassVar[str] = "findings"
+    title: ClassVar[str] = "All findings"
+    template: ClassVar[str] = "sections/findings.html.j2"
+
+    def build(self, tables: AuditTables) -> dict[str, Any]:
+        ordered = sort_findings(tables.findings)
+        rows = [
+            {
+                "finding_id": _text(f["finding_id"]),
+                "kind": f["kind"],
+                "severity": f["severity"],
+                "severity_rank": _SEVERITY_RANK[f["severity"]],
+                "title": _text(f["title"]),
+                "n_samples": len(f["sample_ids"]),
+                "evidence": format_evidence(f["evidence"]),
+                "fiftyone_view": _text(f["fiftyone_view"]) if f["fiftyone_view"] else None,
+            }
+            for f in ordered[:MAX_FINDINGS]
+        ]
+        by_severity = [
+            {"severity": s, "count": sum(f["severity"] == s for f in tables.findings)} for s in SEVERITIES
+        ]
+        return {
+            "rows": rows,
+            "n_findings": len(tables.findings),
+            "n_hidden": max(len(ordered) - MAX_FINDINGS, 0),
+            "by_severity": by_severity,
+            "by_kind": _counts(pd.Series([f["kind"] for f in tables.findings], dtype=object)),
+        }
+
+
+class DuplicatesSection(Section):
+    """Thumbnail strips of duplicate and cross-split leakage groups; leakage and label conflicts first."""
+
+    name: ClassVar[str] = "duplicates"
+    title: ClassVar[str] = "Duplicates and leakage"
+    template: ClassVar[str] = "sections/duplicates.html.j2"
+
+    def build(self, tables: AuditTables) -> dict[str, Any]:
+        groups = _duplicate_groups(tables)
+        groups.sort(key=lambda g: (not g["cross_split"], not g["conflicting_labels"], -g["n_members"], g["key"]))
+        wanted = {m for g in groups[:MAX_DUPLICATE_GROUPS] for m in g["sample_ids"][:MAX_GROUP_MEMBERS]}
+        samples = tables.samples
+        by_id = {str(r[SAMPLE_ID]): r for r in _records(samples[samples[SAMPLE_ID].astype(str).isin(wanted)])}
+        shown = []
+        for group in groups[:MAX_DUPLICATE_GROUPS]:
+            members = [m for m in group["sample_ids"][:MAX_GROUP_MEMBERS] if m in by_id]
+            cards = [_sample_card(by_id[m], STRIP_THUMBNAIL_SIZE) for m in members]
+            shown.append(
+                {
+                    "kind": group["kind"],
+                    "title": group["title"],
+                    "match": group["match"],
+                    "cross_split": group["cross_split"],
+                    "conflicting_labels": group["conflicting_labels"],
+                    "n_members": group["n_members"],
+                    "members": cards,
+                    "n_hidden": max(group["n_members"] - len(cards), 0),
+                }
+            )
+        return {
+            "groups": shown,
+            "n_groups": len(groups),
+            "n_leakage_groups": sum(g["cross_split"] for g in groups),
+            "n_hidden": max(len(groups) - MAX_DUPLICATE_GROUPS, 0),
+            "cross_split_pairs": to_plain(tables.metric("leakage.cross_split_pairs")),
+        }
+
+
+class UnreadableSection(Section):
+    """Files that could not be read or were invalid, with the stage that hit them and the error."""
+
+    name: ClassVar[str] = "unreadable"
+    title: ClassVar[str] = "Unreadable files"
+    template: ClassVar[str] = "sections/unreadable.html.j2"
+
+    def build(self, tables: AuditTables) -> dict[str, Any]:
+        errors = tables.errors
+        if len(errors):
+            errors = errors.sort_values([c for c in ("stage", FILEPATH, SAMPLE_ID) if c in errors], kind="mergesort")
+        rows = [
+            {
+                "sample_id": _text(row.get(SAMPLE_ID)),
+                "filepath": _text(row.get(FILEPATH), limit=400),
+                "stage": _text(row.get("stage")),
+                "error": _text(row.get("error"), limit=400),
+            }
+            for row in _records(errors.head(MAX_ERROR_ROWS))
+        ]
+        return {"rows": rows, "n_errors": len(errors), "n_hidden": max(len(errors) - MAX_ERROR_ROWS, 0)}
+
+
+class MethodologySection(Section):
+    """How the scores were computed and what they cannot tell; the text lives in the template."""
+
+    name: ClassVar[str] = "methodology"
+    title: ClassVar[str] = "Methodology and limitations"
+    template: ClassVar[str] = "sections/methodology.html.j2"
+
+    def build(self, tables: AuditTables) -> dict[str, Any]:
+        settings = tables.manifest.get("settings") or {}
+        return {
+            "model": _text(settings.get("model", "auto")),
+            "folds": to_plain(settings.get("folds")),
+            "epochs": to_plain(settings.get("epochs")),
+            "checkpoints": to_plain(settings.get("checkpoints")),
+            "seed": to_plain(settings.get("seed")),
+        }
+
+
+class ReproducibilitySection(Section):
+    """Everything needed to re-run the audit: versions, settings, data fingerprint, seed, stages."""
+
+    name: ClassVar[str] = "reproducibility"
+    title: ClassVar[str] = "Reproducibility"
+    template: ClassVar[str] = "sections/reproducibility.html.j2"
+
+    def build(self, tables: AuditTables) -> dict[str, Any]:
+        manifest = tables.manifest
+        settings = manifest.get("settings") or {}
+        versions = manifest.get("versions") or {}
+        return {
+            "run_name": _text(manifest.get("run_name", "")),
+            "tool_version": _text(manifest.get("tool_version", "")),
+            "created": _text(manifest.get("created", "")),
+            "data_fingerprint": _text(manifest.get("data_fingerprint", ""), limit=200),
+            "seed": to_plain(settings.get("seed")),
+            "stages_done": [_text(s) for s in manifest.get("stages_done") or []],
+            "settings": [{"key": _text(k), "value": _format_value(settings[k])} for k in sorted(settings)],
+            "versions": [{"package": _text(k), "version": _text(versions[k])} for k in sorted(versions)],
+        }
+
+
+SECTIONS: tuple[type[Section], ...] = (
+    GateSection,
+    OverviewSection,
+    DemoCheckSection,
+    LabelIssuesSection,
+    HarmfulSection,
+    FindingsSection,
+    DuplicatesSection,
+    UnreadableSection,
+    MethodologySection,
+    ReproducibilitySection,
+)
+"""Every section in report order. Add a section by writing its class and template and listing it here."""
+
+
+def build_sections(tables: AuditTables, sections: Iterable[type[Section]] = SECTIONS) -> list[dict[str, Any]]:
+    """`[{name, title, template, context}]` for each applicable section, in order."""
+    built = []
+    for section_cls in sections:
+        section = section_cls()
+        if section.applies(tables):
+            built.append(
+                {
+                    "name": section.name,
+                    "title": section.title,
+                    "template": section.template,
+                    "context": section.build(tables),
+                }
+            )
+    return built
+
+
+def sort_findings(findings: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Findings most severe first; within a severity, the analysis stage's own order is kept."""
+    return sorted(findings, key=lambda f: _SEVERITY_RANK.get(f["severity"], len(SEVERITIES)))
+
+
+def format_evidence(evidence: Mapping[str, Any]) -> list[dict[str, str]]:
+    """The few most telling `evidence` entries as `{key, value}` text pairs (lists and dicts summarised)."""
+    keys = [k for k in _EVIDENCE_PRIORITY if k in evidence]
+    keys += sorted(k for k in evidence if k not in _EVIDENCE_PRIORITY)
+    return [{"key": _text(k), "value": _format_value(evidence[k])} for k in keys[:MAX_EVIDENCE_ITEMS]]
+
+
+def _format_value(value: Any) -> str:
+    """Short human text for one value: 3 significant digits for floats, lists and dicts shortened."""
+    value = to_plain(value)
+    if value is None:
+        return "—"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    if isinstance(value, list):
+        if len(value) > 4 or any(isinstance(v, list | dict) for v in value):
+            return f"[{len(value)} items]"
+        return ", ".join(_format_value(v) for v in value)
+    if isinstance(value, dict):
+        return f"{{{len(value)} entries}}"
+    return _text(value)
+
+
+def _text(value: Any, *, limit: int = MAX_TEXT) -> str:
+    """`value` as text, shortened to `limit` characters with an ellipsis; None and NaN become ''."""
+    value = to_plain(value)
+    if value is None:
+        return ""
+    text = str(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _ordered_splits(column: pd.Series) -> list[str]:
+    """Known splits in train/val/test order, then any others alphabetically."""
+    present = {str(s) for s in column.dropna().unique()}
+    return [s for s in SPLITS if s in present] + sorted(present - set(SPLITS))
+
+
+def _rank(frame: pd.DataFrame, score: str) -> pd.DataFrame:
+    """Rows with a finite `score`, highest first; ties broken by sample_id so the order is stable."""
+    finite = frame[pd.to_numeric(frame[score], errors="coerce").notna()]
+    return finite.sort_values([score, SAMPLE_ID], ascending=[False, True], kind="mergesort")
+
+
+def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    return [dict(row) for row in frame.to_dict(orient="records")]
+
+
+def _sample_card(row: Mapping[str, Any], thumbnail_size: int) -> dict[str, Any]:
+    """Identity of one sample as shown under a thumbnail."""
+    relpath = row.get(RELPATH)
+    filepath = _text(row.get(FILEPATH), limit=400)
+    return {
+        "sample_id": _text(row.get(SAMPLE_ID)),
+        "label": _text(row.get(LABEL)),
+        "split": _text(row.get(SPLIT)),
+        "relpath": _text(relpath if isinstance(relpath, str) and relpath else filepath, limit=400),
+        "thumbnail": load_thumbnail(str(row.get(FILEPATH)), size=thumbnail_size),
+    }
+
+
+def _counts(column: pd.Series) -> list[dict[str, Any]]:
+    """`[{value, count}]`, most frequent first, ties alphabetical."""
+    counts = column.dropna().astype(str).value_counts()
+    return [{"value": _text(v), "count": int(counts[v])} for v in sorted(counts.index, key=lambda v: (-counts[v], v))]
+
+
+def _metadata_coverage(samples: pd.DataFrame) -> list[dict[str, Any]]:
+    """Per `meta_*` column: share of samples with a value, number of distinct values, most common values."""
+    rows = []
+    for column in meta_columns(samples):
+        values = samples[column]
+        present = values.dropna()
+        if present.dtype == object or pd.api.types.is_string_dtype(present):
+            present = present[present.astype(str).str.len() > 0]
+        top = _counts(present)[:5]
+        rows.append(
+            {
+                "column": _text(column),
+                "coverage": len(present) / max(len(samples), 1),
+                "n_values": int(present.astype(str).nunique()),
+                "top": [{"value": _text(t["value"], limit=60), "count": t["count"]} for t in top],
+            }
+        )
+    return rows
+
+
+def _image_summary(samples: pd.DataFrame) -> dict[str, Any]:
+    """Width/height range, the most common sizes, colour modes and mean brightness."""
+    if WIDTH not in samples or HEIGHT not in samples:
+        return {"available": False, "sizes": [], "modes": [], "width": None, "height": None, "brightness": None}
+    sized = samples[[WIDTH, HEIGHT]].dropna()
+    sizes = (sized[WIDTH].astype(int).astype(str) + " × " + sized[HEIGHT].astype(int).astype(str)).astype(object)
+    brightness = samples[BRIGHTNESS].dropna() if BRIGHTNESS in samples else pd.Series(dtype=float)
+    return {
+        "available": len(sized) > 0,
+        "sizes": _counts(sizes)[:8],
+        "n_sizes": int(sizes.nunique()),
+        "modes": _counts(samples[MODE])[:6] if MODE in samples else [],
+        "width": _range(sized[WIDTH]),
+        "height": _range(sized[HEIGHT]),
+        "brightness": _range(brightness),
+    }
+
+
+def _range(values: pd.Series) -> dict[str, float | None] | None:
+    if not len(values):
+        return None
+    numbers = pd.to_numeric(values, errors="coerce").dropna()
+    if not len(numbers):
+        return None
+    mean = float(numbers.mean())
+    return {
+        "min": to_plain(float(numbers.min())),
+        "mean": mean if math.isfinite(mean) else None,
+        "max": to_plain(float(numbers.max())),
+    }
+
+
+def _duplicate_groups(tables: AuditTables) -> list[dict[str, Any]]:
+    """Groups from duplicate/leakage findings; from the `duplicate_group` column when no such finding exists."""
+    groups = []
+    for finding in tables.findings:
+        if finding["kind"] not in ("duplicate", "leakage"):
+            continue
+        evidence = finding["evidence"]
+        groups.append(
+            {
+                "key": finding["finding_id"],
+                "kind": finding["kind"],
+                "title": _text(finding["title"]),
+                "match": _text(evidence.get("match", "")),
+                "cross_split": bool(evidence.get("cross_split", finding["kind"] == "leakage")),
+                "conflicting_labels": bool(evidence.get("conflicting_labels", False)),
+                "sample_ids": finding["sample_ids"],
+                "n_members": len(finding["sample_ids"]),
+            }
+        )
+    if groups or DUPLICATE_GROUP not in tables.samples:
+        return groups
+    samples = tables.samples[tables.samples[DUPLICATE_GROUP].notna()]
+    for key, members in samples.groupby(samples[DUPLICATE_GROUP].astype(str), sort=True):
+        if len(members) < 2:
+            continue
+        groups.append(
+            {
+                "key": str(key),
+                "kind": "duplicate",
+                "title": f"Duplicate group {key}",
+                "match": "",
+                "cross_split": members[SPLIT].nunique() > 1,
+                "conflicting_labels": members[LABEL].nunique() > 1,
+                "sample_ids": sorted(members[SAMPLE_ID].astype(str)),
+                "n_members": len(members),
+            }
+        )
+    return groups
