@@ -28,8 +28,7 @@ def check_unique_relpaths(relpaths: list[str], *, path: Path, what: str) -> None
         line = index + FIRST_DATA_LINE
         if relpath in first_line:
             raise DataError(
-                f"{what} {path}: lines {first_line[relpath]} and {line} both list {relpath}; "
-                "keep one row per file"
+                f"{what} {path}: lines {first_line[relpath]} and {line} both list {relpath}; keep one row per file"
             )
         first_line[relpath] = line
 
@@ -39,7 +38,10 @@ def scan_csv_manifest(csv_path: Path) -> pd.DataFrame:
     root = csv_path.parent.resolve()
     table = read_csv_strings(csv_path, what=WHAT)
     require_columns(
-        table, [FILEPATH, LABEL], path=csv_path, what=WHAT,
+        table,
+        [FILEPATH, LABEL],
+        path=csv_path,
+        what=WHAT,
         hint="a manifest needs 'filepath' (relative to the CSV's folder) and 'label' columns",
     )
     has_split = SPLIT in table.columns and (table[SPLIT] != "").any()
@@ -76,6 +78,11 @@ def scan_csv_manifest(csv_path: Path) -> pd.DataFrame:
     for column in table.columns:
         if column not in (FILEPATH, LABEL, SPLIT):
             frame[META_PREFIX + column] = infer_meta_column(table[column]).to_numpy()
-    logger.info("%s %s: %d rows, meta columns %s", WHAT, csv_path, len(frame),
-                [c for c in frame.columns if c.startswith(META_PREFIX)])
+    logger.info(
+        "%s %s: %d rows, meta columns %s",
+        WHAT,
+        csv_path,
+        len(frame),
+        [c for c in frame.columns if c.startswith(META_PREFIX)],
+    )
     return frame

@@ -65,7 +65,7 @@ def infer_meta_column(values: pd.Series) -> pd.Series:
     try:
         numeric = pd.to_numeric(cleaned)
     except (ValueError, TypeError):
-        return cleaned.astype("object")
+        return cleaned
     if blank.any() or not (numeric.dropna() % 1 == 0).all():
         return numeric.astype("float64")
     return numeric.astype("int64")

@@ -70,7 +70,5 @@ def scan_imagefolder(root: Path) -> pd.DataFrame:
             label = parts[0]
         rows.append({RELPATH: relpath, FILEPATH: str((root / relpath).resolve()), SPLIT: split, LABEL: label})
     if loose:
-        logger.warning(
-            "%s: ignored %d image(s) not inside a class folder (first: %s)", root, len(loose), loose[0]
-        )
+        logger.warning("%s: ignored %d image(s) not inside a class folder (first: %s)", root, len(loose), loose[0])
     return pd.DataFrame(rows, columns=CANDIDATE_COLUMNS)

@@ -29,13 +29,18 @@ def load_metadata(metadata_path: Path, data_root: Path) -> pd.DataFrame:
     """
     table = read_csv_strings(metadata_path, what=WHAT)
     require_columns(
-        table, [FILEPATH], path=metadata_path, what=WHAT,
+        table,
+        [FILEPATH],
+        path=metadata_path,
+        what=WHAT,
         hint="add a 'filepath' column with each image's path relative to the data root",
     )
     keys: list[str] = []
     for index, raw in enumerate(table[FILEPATH]):
         if not raw:
-            raise DataError(f"{WHAT} {metadata_path}, line {index + FIRST_DATA_LINE}: empty filepath; fill it or drop the row")
+            raise DataError(
+                f"{WHAT} {metadata_path}, line {index + FIRST_DATA_LINE}: empty filepath; fill it or drop the row"
+            )
         try:
             relpath, _ = resolve_inside(data_root, raw)
         except PathEscapeError:
@@ -65,11 +70,17 @@ def join_metadata(frame: pd.DataFrame, metadata_path: Path, data_root: Path) -> 
     if unmatched.any():
         logger.warning(
             "%s %s: %d of %d rows match no image (first: %s); they were ignored",
-            WHAT, metadata_path, int(unmatched.sum()), len(meta), meta.index[unmatched][0],
+            WHAT,
+            metadata_path,
+            int(unmatched.sum()),
+            len(meta),
+            meta.index[unmatched][0],
         )
     missing = int((~frame[RELPATH].isin(meta.index)).sum())
     if missing:
-        logger.warning("%s %s: %d image(s) have no metadata row; their meta_ values are NaN", WHAT, metadata_path, missing)
+        logger.warning(
+            "%s %s: %d image(s) have no metadata row; their meta_ values are NaN", WHAT, metadata_path, missing
+        )
     joined = meta.reindex(frame[RELPATH].to_numpy())
     for column in meta.columns:
         frame[column] = joined[column].to_numpy()

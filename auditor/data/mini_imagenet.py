@@ -44,8 +44,13 @@ def scan_mini_imagenet(root: Path) -> pd.DataFrame:
         if not csv_path.is_file():
             continue
         table = read_csv_strings(csv_path, what=WHAT)
-        require_columns(table, ["filename", LABEL], path=csv_path, what=WHAT,
-                        hint="mini-ImageNet split files have the header 'filename,label'")
+        require_columns(
+            table,
+            ["filename", LABEL],
+            path=csv_path,
+            what=WHAT,
+            hint="mini-ImageNet split files have the header 'filename,label'",
+        )
         for index, (filename, label) in enumerate(zip(table["filename"], table[LABEL])):
             where = f"{csv_path}, line {index + FIRST_DATA_LINE}"
             if not filename or not label:
@@ -65,6 +70,7 @@ def scan_mini_imagenet(root: Path) -> pd.DataFrame:
             )
     unlisted = [r for r in list_image_relpaths(images) if f"{IMAGES_FOLDER}/{r}" not in seen]
     if unlisted:
-        logger.warning("%s: %d image(s) are in no split file and were ignored (first: %s)",
-                       images, len(unlisted), unlisted[0])
+        logger.warning(
+            "%s: %d image(s) are in no split file and were ignored (first: %s)", images, len(unlisted), unlisted[0]
+        )
     return pd.DataFrame(rows, columns=[*CANDIDATE_COLUMNS, META_ORIGINAL_SPLIT])

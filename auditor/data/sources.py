@@ -139,8 +139,12 @@ def load_samples(config: AuditConfig, store: RunStore) -> tuple[pd.DataFrame, pd
         columns=list(ERRORS_COLUMNS),
     )
     if len(errors):
-        logger.warning("%s: %d unreadable image(s) recorded in the errors table (first: %s)",
-                       source, len(errors), errors["error"].iloc[0])
+        logger.warning(
+            "%s: %d unreadable image(s) recorded in the errors table (first: %s)",
+            source,
+            len(errors),
+            errors["error"].iloc[0],
+        )
     readable = candidates.loc[~failed]
     if readable.empty:
         raise DataError(
@@ -150,10 +154,15 @@ def load_samples(config: AuditConfig, store: RunStore) -> tuple[pd.DataFrame, pd
     check_class_sizes(samples, source)
     samples[SPLIT] = resolve_splits(samples, seed=config.seed, val_fraction=config.val_fraction, source=source)
     columns = [SAMPLE_ID, FILEPATH, RELPATH, SPLIT, LABEL, *meta_columns(samples), *IMAGE_PROPERTY_COLUMNS]
-    samples = samples[columns].astype({SPLIT: "object", LABEL: "object"}).reset_index(drop=True)
+    text_columns = [SAMPLE_ID, FILEPATH, RELPATH, SPLIT, LABEL, MODE, CONTENT_HASH]
+    samples = samples[columns].astype(dict.fromkeys(text_columns, str)).reset_index(drop=True)
     validate_table(samples, SAMPLES_REQUIRED, name=SAMPLES_TABLE)
     logger.info(
         "%s: %d samples, %d classes, splits %s, %d unreadable",
-        source, len(samples), samples[LABEL].nunique(), samples[SPLIT].value_counts().to_dict(), len(errors),
+        source,
+        len(samples),
+        samples[LABEL].nunique(),
+        samples[SPLIT].value_counts().to_dict(),
+        len(errors),
     )
     return samples, errors

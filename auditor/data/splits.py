@@ -47,7 +47,7 @@ def compute_stratified_split(frame: pd.DataFrame, *, seed: int, val_fraction: fl
         n = len(group)
         if n < 2:
             continue
-        n_val = min(max(int(round(n * val_fraction)), 1), n - 1)
+        n_val = min(max(round(n * val_fraction), 1), n - 1)
         keys = group[SAMPLE_ID].map(lambda sid: _shuffle_key(seed, sid))
         val_index = keys.sort_values(kind="stable").index[:n_val]
         split.loc[val_index] = "val"
@@ -62,8 +62,12 @@ def resolve_splits(frame: pd.DataFrame, *, seed: int, val_fraction: float, sourc
     """
     given = frame[SPLIT]
     if given.isna().all():
-        logger.info("%s gives no splits: made a stratified train/val split (val_fraction=%s, seed=%s)",
-                    source, val_fraction, seed)
+        logger.info(
+            "%s gives no splits: made a stratified train/val split (val_fraction=%s, seed=%s)",
+            source,
+            val_fraction,
+            seed,
+        )
         return compute_stratified_split(frame, seed=seed, val_fraction=val_fraction)
     missing = given.isna()
     if missing.any():
@@ -87,8 +91,13 @@ def resolve_splits(frame: pd.DataFrame, *, seed: int, val_fraction: float, sourc
         return given.astype("object")
     train = frame.loc[given == "train"]
     carved = compute_stratified_split(train, seed=seed, val_fraction=val_fraction)
-    logger.info("%s has no 'val' split: moved %d of %d train files to val (stratified, seed=%s)",
-                source, int((carved == "val").sum()), len(train), seed)
+    logger.info(
+        "%s has no 'val' split: moved %d of %d train files to val (stratified, seed=%s)",
+        source,
+        int((carved == "val").sum()),
+        len(train),
+        seed,
+    )
     result = given.astype("object").copy()
     result.loc[carved.index] = carved
     return result
