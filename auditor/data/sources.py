@@ -14,6 +14,7 @@ import pandas as pd
 
 from auditor.config import AuditConfig
 from auditor.data.csv_manifest import scan_csv_manifest
+from auditor.data.demo import METADATA_FILE as DEMO_METADATA_FILE
 from auditor.data.detect import LAYOUTS_HELP, detect_format
 from auditor.data.imagefolder import scan_imagefolder
 from auditor.data.images import probe_images
@@ -62,6 +63,15 @@ def resolve_format(data_path: Path, requested: str) -> str:
         logger.info("Detected layout %s for %s", detected, data_path)
         return detected
     return requested
+
+
+def resolve_metadata_path(config: AuditConfig, data_root: Path) -> Path | None:
+    """`--metadata` resolved; for `--format demo` without it, the demo's own metadata.csv if present."""
+    if config.metadata:
+        return Path(config.metadata).expanduser().resolve()
+    if config.format == "demo" and (data_root / DEMO_METADATA_FILE).is_file():
+        return data_root / DEMO_METADATA_FILE
+    return None
 
 
 def scan_source(data_path: Path, layout: str, store: RunStore) -> tuple[pd.DataFrame, Path]:
@@ -124,8 +134,9 @@ def load_samples(config: AuditConfig, store: RunStore) -> tuple[pd.DataFrame, pd
     if candidates[SAMPLE_ID].duplicated().any():
         clash = candidates.loc[candidates[SAMPLE_ID].duplicated(keep=False), RELPATH].tolist()
         raise DataError(f"{source}: files {clash[:2]} get the same sample_id; rename one of them")
-    if config.metadata:
-        candidates = join_metadata(candidates, Path(config.metadata).expanduser().resolve(), data_root)
+    metadata_path = resolve_metadata_path(config, data_root)
+    if metadata_path is not None:
+        candidates = join_metadata(candidates, metadata_path, data_root)
 
     properties, failures = probe_images(list(dict.fromkeys(candidates[FILEPATH])))
     failed = candidates[FILEPATH].isin(list(failures))
