@@ -91,7 +91,7 @@ def build_findings(table: pd.DataFrame, errors: pd.DataFrame) -> tuple[list[dict
                 "title": f"{len(flagged)} likely mislabeled samples ({label_rate:.1%})",
                 "sample_ids": flagged[SAMPLE_ID].tolist(),
                 "evidence": {
-                    "method": "confident learning on checkpoint-averaged in-sample and out-of-fold probabilities",
+                    "method": "product of checkpoint-averaged in-sample and out-of-fold probabilities prefers another label",
                     "suggested_labels": dict(zip(flagged[SAMPLE_ID], flagged[SUGGESTED_LABEL], strict=True)),
                 },
                 "fiftyone_view": None,
