@@ -175,15 +175,19 @@ def render_markdown_tables(tables: AuditTables, *, template_dir: str | Path | No
         for r in tables.results
         if str(r.get("status", "")).lower() in ("fail", "failed", "error")
     ]
-    return make_markdown_environment(template_dir).get_template(MARKDOWN_TEMPLATE).render(
-        run=_run_header(tables),
-        verdict=describe_verdict(tables.verdict),
-        key_numbers=compute_key_numbers(tables),
-        top_findings=top,
-        n_findings=len(findings),
-        failed_rules=failed,
-        n_results=len(tables.results),
-        report_file=INDEX_HTML,
+    return (
+        make_markdown_environment(template_dir)
+        .get_template(MARKDOWN_TEMPLATE)
+        .render(
+            run=_run_header(tables),
+            verdict=describe_verdict(tables.verdict),
+            key_numbers=compute_key_numbers(tables),
+            top_findings=top,
+            n_findings=len(findings),
+            failed_rules=failed,
+            n_results=len(tables.results),
+            report_file=INDEX_HTML,
+        )
     )
 
 

@@ -118,11 +118,11 @@ class OverviewSection(Section):
         splits = _ordered_splits(samples[SPLIT])
         counts = pd.crosstab(samples[LABEL].astype(str), samples[SPLIT].astype(str))
         counts = counts.reindex(columns=splits, fill_value=0)
-        totals = counts.sum(axis=1)
-        order = sorted(counts.index, key=lambda label: (-int(totals[label]), label))
+        per_label = {str(label): [int(n) for n in row] for label, row in zip(counts.index, counts.to_numpy())}
+        totals = {label: sum(row) for label, row in per_label.items()}
+        order = sorted(totals, key=lambda label: (-totals[label], label))
         class_rows = [
-            {"label": label, "counts": [int(counts.at[label, s]) for s in splits], "total": int(totals[label])}
-            for label in order[:MAX_CLASS_ROWS]
+            {"label": label, "counts": per_label[label], "total": totals[label]} for label in order[:MAX_CLASS_ROWS]
         ]
         split_rows = [
             {
@@ -133,7 +133,7 @@ class OverviewSection(Section):
             }
             for split in splits
         ]
-        class_sizes = totals.to_numpy()
+        class_sizes = pd.Series(list(totals.values()), dtype="int64")
         return {
             "n_samples": len(samples),
             "n_classes": int(samples[LABEL].nunique()),
@@ -143,7 +143,7 @@ class OverviewSection(Section):
             "n_classes_hidden": max(len(order) - MAX_CLASS_ROWS, 0),
             "class_size": {
                 "min": int(class_sizes.min()) if len(class_sizes) else 0,
-                "median": float(pd.Series(class_sizes).median()) if len(class_sizes) else 0.0,
+                "median": float(class_sizes.median()) if len(class_sizes) else 0.0,
                 "max": int(class_sizes.max()) if len(class_sizes) else 0,
             },
             "metadata": _metadata_coverage(samples),
@@ -268,9 +268,7 @@ class FindingsSection(Section):
             }
             for f in ordered[:MAX_FINDINGS]
         ]
-        by_severity = [
-            {"severity": s, "count": sum(f["severity"] == s for f in tables.findings)} for s in SEVERITIES
-        ]
+        by_severity = [{"severity": s, "count": sum(f["severity"] == s for f in tables.findings)} for s in SEVERITIES]
         return {
             "rows": rows,
             "n_findings": len(tables.findings),
@@ -466,7 +464,7 @@ def _rank(frame: pd.DataFrame, score: str) -> pd.DataFrame:
 
 
 def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
-    return [dict(row) for row in frame.to_dict(orient="records")]
+    return [{str(key): value for key, value in row.items()} for row in frame.to_dict(orient="records")]
 
 
 def _sample_card(row: Mapping[str, Any], thumbnail_size: int) -> dict[str, Any]:
