@@ -118,7 +118,9 @@ class OverviewSection(Section):
         splits = _ordered_splits(samples[SPLIT])
         counts = pd.crosstab(samples[LABEL].astype(str), samples[SPLIT].astype(str))
         counts = counts.reindex(columns=splits, fill_value=0)
-        per_label = {str(label): [int(n) for n in row] for label, row in zip(counts.index, counts.to_numpy())}
+        per_label = {
+            str(label): [int(n) for n in row] for label, row in zip(counts.index, counts.to_numpy(), strict=True)
+        }
         totals = {label: sum(row) for label, row in per_label.items()}
         order = sorted(totals, key=lambda label: (-totals[label], label))
         class_rows = [
