@@ -114,7 +114,7 @@ def train_model(
             loss.backward()
             optimizer.step()
             step += 1
-            total_loss += float(loss) * len(index)
+            total_loss += float(loss.detach()) * len(index)
             total_correct += int((logits.argmax(1) == targets[index]).sum())
         entry = {"epoch": float(epoch), "loss": total_loss / n, "accuracy": total_correct / n}
         result.log.append(entry)
