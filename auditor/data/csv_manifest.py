@@ -36,7 +36,7 @@ def check_unique_relpaths(relpaths: list[str], *, path: Path, what: str) -> None
 def scan_csv_manifest(csv_path: Path) -> pd.DataFrame:
     """Candidate rows (relpath, filepath, split, label, meta_*) of a CSV manifest; split is None if absent."""
     root = csv_path.parent.resolve()
-    table = read_csv_strings(csv_path, what=WHAT)
+    table = read_csv_strings(csv_path, what=WHAT, keys=(FILEPATH, LABEL, SPLIT))
     require_columns(
         table,
         [FILEPATH, LABEL],
@@ -49,7 +49,7 @@ def scan_csv_manifest(csv_path: Path) -> pd.DataFrame:
     filepaths: list[str] = []
     splits: list[str | None] = []
     split_values = table[SPLIT].tolist() if has_split else [""] * len(table)
-    for index, (raw_path, label, raw_split) in enumerate(zip(table[FILEPATH], table[LABEL], split_values)):
+    for index, (raw_path, label, raw_split) in enumerate(zip(table[FILEPATH], table[LABEL], split_values, strict=True)):
         line = index + FIRST_DATA_LINE
         if not raw_path:
             raise DataError(f"{WHAT} {csv_path}, line {line}: empty filepath; give the image's path or drop the row")

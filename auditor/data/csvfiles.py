@@ -24,8 +24,11 @@ def sanitise_column_name(name: str) -> str:
     return text
 
 
-def read_csv_strings(path: Path, *, what: str) -> pd.DataFrame:
+def read_csv_strings(path: Path, *, what: str, keys: tuple[str, ...] = ()) -> pd.DataFrame:
     """Read `path` with every cell as a stripped string ('' for empty) and snake_case column names.
+
+    A column whose name equals one of `keys` ignoring case and surrounding spaces (e.g. 'FilePath') is named
+    exactly that key; all others are sanitised with `sanitise_column_name`.
 
     `what` names the file's role in messages (e.g. 'CSV manifest'). Raises DataError if the file is missing,
     unreadable, not UTF-8, malformed, has no header, or has two columns with the same sanitised name.
@@ -45,7 +48,8 @@ def read_csv_strings(path: Path, *, what: str) -> pd.DataFrame:
         raise DataError(f"{what} {path} is not UTF-8 text; save it as UTF-8 CSV") from None
     except OSError as exc:
         raise DataError(f"{what} {path} cannot be read ({exc.strerror or exc}); check its permissions") from None
-    names = [sanitise_column_name(c) for c in frame.columns]
+    by_lower = {key.lower(): key for key in keys}
+    names = [by_lower.get(str(c).strip().lower(), sanitise_column_name(c)) for c in frame.columns]
     if any(not n for n in names):
         raise DataError(f"{what} {path} has an empty or unusable column name in {list(frame.columns)}; name it")
     duplicated = sorted({n for n in names if names.count(n) > 1})

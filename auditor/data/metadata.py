@@ -27,7 +27,7 @@ def load_metadata(metadata_path: Path, data_root: Path) -> pd.DataFrame:
     Raises DataError if the file is unreadable, has no `filepath` column, has an empty filepath, or lists a
     file twice. Rows whose path lies outside `data_root` are kept under a key no sample can have.
     """
-    table = read_csv_strings(metadata_path, what=WHAT)
+    table = read_csv_strings(metadata_path, what=WHAT, keys=(FILEPATH,))
     require_columns(
         table,
         [FILEPATH],

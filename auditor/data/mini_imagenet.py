@@ -43,7 +43,7 @@ def scan_mini_imagenet(root: Path) -> pd.DataFrame:
         csv_path = root / f"{split}.csv"
         if not csv_path.is_file():
             continue
-        table = read_csv_strings(csv_path, what=WHAT)
+        table = read_csv_strings(csv_path, what=WHAT, keys=("filename", LABEL))
         require_columns(
             table,
             ["filename", LABEL],
@@ -51,7 +51,7 @@ def scan_mini_imagenet(root: Path) -> pd.DataFrame:
             what=WHAT,
             hint="mini-ImageNet split files have the header 'filename,label'",
         )
-        for index, (filename, label) in enumerate(zip(table["filename"], table[LABEL])):
+        for index, (filename, label) in enumerate(zip(table["filename"], table[LABEL], strict=True)):
             where = f"{csv_path}, line {index + FIRST_DATA_LINE}"
             if not filename or not label:
                 raise DataError(f"{WHAT} {where}: empty filename or label; fill it in or drop the row")

@@ -37,8 +37,10 @@ def test_manifest_with_split_and_metadata_columns(tmp_path, make_image, ingest) 
     assert samples["split"].tolist() == ["train", "train", "val", "train", "val", "test"]
     assert samples["label"].tolist() == ["cat", "cat", "cat", "dog", "dog", "dog"]
     assert samples["meta_site_name"].tolist() == ["site A", "site B", "site A", "site B", "site A", "site B"]
-    assert samples["meta_count"].dtype.kind == "i" and samples["meta_count"].tolist() == [3, 4, 5, 6, 7, 8]
-    assert samples["meta_exposure_time"].dtype.kind == "f" and math.isnan(samples.loc[2, "meta_exposure_time"])
+    assert samples["meta_count"].dtype.kind == "i"
+    assert samples["meta_count"].tolist() == [3, 4, 5, 6, 7, 8]
+    assert samples["meta_exposure_time"].dtype.kind == "f"
+    assert math.isnan(samples.loc[2, "meta_exposure_time"])
 
 
 def test_manifest_without_split_gets_a_stratified_split(tmp_path, make_image, ingest) -> None:
@@ -53,7 +55,8 @@ def test_missing_image_in_manifest_goes_to_errors_table(tmp_path, make_image, in
     samples, errors = ingest(write_manifest_dataset(tmp_path, make_image, rows, "filepath,label"))
     assert len(samples) == 6
     assert errors["filepath"].tolist() == [str((tmp_path / "imgs" / "gone.png").resolve())]
-    assert "not found" in errors.loc[0, "error"] and errors.loc[0, "stage"] == "ingest"
+    assert "not found" in errors.loc[0, "error"]
+    assert errors.loc[0, "stage"] == "ingest"
 
 
 @pytest.mark.parametrize("bad_path", ["../outside.png", "imgs/../../outside.png", "/etc/passwd"])

@@ -37,7 +37,8 @@ def test_demo_layout_and_counts(demo_root, planted) -> None:
     with Image.open(demo_root / pngs[0]) as image:
         assert (image.size, image.mode) == ((16, 16), "L")
     metadata = (demo_root / "metadata.csv").read_text().splitlines()
-    assert metadata[0] == "filepath,scanner" and len(metadata) == len(pngs) + 1
+    assert metadata[0] == "filepath,scanner"
+    assert len(metadata) == len(pngs) + 1
     n_train = sum(p.startswith("train/") for p in pngs)
     assert n_train == 1438
     assert len(planted["label_flips"]) == round(0.05 * n_train) == 72
@@ -48,7 +49,8 @@ def test_label_flips_sit_in_a_wrong_class_folder(demo_root, planted) -> None:
     for flip in planted["label_flips"]:
         split, folder, name = flip["relpath"].split("/")
         index = int(name.removeprefix("digit_").removesuffix(".png"))
-        assert split == "train" and (demo_root / flip["relpath"]).is_file()
+        assert split == "train"
+        assert (demo_root / flip["relpath"]).is_file()
         assert folder == flip["given_label"] != flip["true_label"] == str(targets[index])
 
 
@@ -65,9 +67,10 @@ def test_scanner_b_carries_the_artifact_and_correlates_with_classes(demo_root, p
     true_label = {f"digit_{i:04d}.png": str(t) for i, t in enumerate(targets)}
     in_classes = [true_label[p.rsplit("/", 1)[-1][-14:]] in group["classes"] for p, _ in rows]
     is_b = [p in marked for p, _ in rows]
-    rate_in = np.mean([b for b, c in zip(is_b, in_classes) if c])
-    rate_out = np.mean([b for b, c in zip(is_b, in_classes) if not c])
-    assert rate_in > 0.6 and rate_out < 0.1
+    rate_in = np.mean([b for b, c in zip(is_b, in_classes, strict=True) if c])
+    rate_out = np.mean([b for b, c in zip(is_b, in_classes, strict=True) if not c])
+    assert rate_in > 0.6
+    assert rate_out < 0.1
 
 
 def test_duplicates_are_byte_identical_cross_split_copies(demo_root, planted) -> None:
@@ -75,7 +78,8 @@ def test_duplicates_are_byte_identical_cross_split_copies(demo_root, planted) ->
     flipped = {f["relpath"] for f in planted["label_flips"]}
     for dup in planted["duplicates"]:
         assert dup["cross_split"] is True
-        assert dup["original"].startswith("train/") and dup["copy"].startswith("val/")
+        assert dup["original"].startswith("train/")
+        assert dup["copy"].startswith("val/")
         assert dup["original"].split("/")[1] == dup["copy"].split("/")[1]
         assert dup["original"] not in flipped
         assert (demo_root / dup["original"]).read_bytes() == (demo_root / dup["copy"]).read_bytes()
@@ -105,7 +109,8 @@ def test_incomplete_demo_is_rebuilt(tmp_path) -> None:
 
 def test_demo_ingests_with_its_metadata(demo_root, planted, ingest) -> None:
     samples, errors = ingest(demo_root, format="demo")
-    assert errors.empty and len(samples) == 1803
+    assert errors.empty
+    assert len(samples) == 1803
     marked = set(samples.loc[samples["meta_scanner"] == "scanner_b", "relpath"])
     assert marked == set(planted["artifact_group"]["relpaths"])
     assert samples["split"].value_counts().to_dict() == {"train": 1438, "val": 365}

@@ -17,7 +17,8 @@ def test_load_pixels_shape_dtype_order_and_determinism(tmp_path, make_image) -> 
     paths = [make_image(tmp_path / f"{i}.png", value=i * 60, size=(40, 30), mode="RGB") for i in range(3)]
     samples = frame_of(paths)
     pixels = load_pixels(samples, 16, 3)
-    assert pixels.shape == (3, 3, 16, 16) and pixels.dtype == np.uint8
+    assert pixels.shape == (3, 3, 16, 16)
+    assert pixels.dtype == np.uint8
     assert np.array_equal(pixels, load_pixels(samples, 16, 3))
     reversed_pixels = load_pixels(samples.iloc[::-1], 16, 3)
     assert np.array_equal(reversed_pixels, pixels[::-1])

@@ -28,14 +28,17 @@ def test_flat_imagefolder_gives_one_row_per_image_with_properties(tmp_path, make
     root = make_imagefolder(tmp_path / "flat", {"cat": 5, "dog": 4})
     samples, errors = ingest(root, format="imagefolder")
     assert list(samples.columns) == EXPECTED_COLUMNS
-    assert len(samples) == 9 and errors.empty
+    assert len(samples) == 9
+    assert errors.empty
     assert samples["relpath"].tolist() == sorted(samples["relpath"])
     assert samples.loc[0, "relpath"] == "cat/img_00.png"
     assert samples.loc[0, "filepath"] == str((root / "cat" / "img_00.png").resolve())
     assert samples.loc[0, "sample_id"] == hashlib.sha1(b"cat/img_00.png").hexdigest()[:16]
     assert samples["label"].value_counts().to_dict() == {"cat": 5, "dog": 4}
     assert set(samples["split"]) == {"train", "val"}
-    assert (samples["width"] == 12).all() and (samples["height"] == 10).all() and (samples["mode"] == "L").all()
+    assert (samples["width"] == 12).all()
+    assert (samples["height"] == 10).all()
+    assert (samples["mode"] == "L").all()
     first = root / "cat" / "img_00.png"
     assert samples.loc[0, "file_bytes"] == first.stat().st_size
     assert samples.loc[0, "content_hash"] == hashlib.sha256(first.read_bytes()).hexdigest()

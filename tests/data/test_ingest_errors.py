@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from auditor.config import AuditConfig
 from auditor.data import images as images_module
 from auditor.data.sources import compute_sample_id, scan_source
 from auditor.errors import ConfigError, DataError
-from auditor.config import AuditConfig
 from auditor.store import RunStore
 
 
@@ -20,30 +20,37 @@ def test_corrupt_truncated_and_zero_byte_images_are_recorded_not_fatal(tmp_path,
     samples, errors = ingest(root)
     assert len(samples) == 6
     assert list(errors.columns) == ["sample_id", "filepath", "stage", "error"]
-    by_name = {p.rsplit("/", 1)[-1]: e for p, e in zip(errors["filepath"], errors["error"])}
+    by_name = {p.rsplit("/", 1)[-1]: e for p, e in zip(errors["filepath"], errors["error"], strict=True)}
     assert set(by_name) == {"zero.png", "garbage.jpg", "truncated.png"}
     assert "empty (0 bytes)" in by_name["zero.png"]
     assert "not a readable image" in by_name["garbage.jpg"]
     assert "not a readable image" in by_name["truncated.png"]
     assert all("\n" not in e for e in errors["error"])
     assert (errors["stage"] == "ingest").all()
-    assert set(errors["sample_id"]) == {compute_sample_id(r) for r in ["a/zero.png", "a/garbage.jpg", "b/truncated.png"]}
+    assert set(errors["sample_id"]) == {
+        compute_sample_id(r) for r in ["a/zero.png", "a/garbage.jpg", "b/truncated.png"]
+    }
     assert not set(errors["sample_id"]) & set(samples["sample_id"])
 
 
-def test_oversized_image_is_recorded_as_decompression_bomb(tmp_path, make_imagefolder, make_image, ingest, monkeypatch) -> None:
+def test_oversized_image_is_recorded_as_decompression_bomb(
+    tmp_path, make_imagefolder, make_image, ingest, monkeypatch
+) -> None:
     root = make_imagefolder(tmp_path / "data", {"a": 2, "b": 2})
     make_image(root / "a" / "huge.png", size=(40, 40))
     monkeypatch.setattr(images_module, "MAX_IMAGE_PIXELS", 1000)
     samples, errors = ingest(root)
     assert len(samples) == 4
-    assert errors["filepath"].str.endswith("huge.png").all() and len(errors) == 1
+    assert errors["filepath"].str.endswith("huge.png").all()
+    assert len(errors) == 1
     assert "decompression-bomb" in errors.loc[0, "error"]
 
 
 def test_class_with_a_single_image_names_class_and_file(tmp_path, make_imagefolder, ingest) -> None:
     root = make_imagefolder(tmp_path / "data", {"a": 3, "lonely": 1})
-    with pytest.raises(DataError, match=r"class 'lonely' has a single readable image \(lonely/img_00\.png\).*add images"):
+    with pytest.raises(
+        DataError, match=r"class 'lonely' has a single readable image \(lonely/img_00\.png\).*add images"
+    ):
         ingest(root)
 
 

@@ -28,7 +28,8 @@ def build_mini_imagenet(root: Path, make_image) -> Path:
 def test_mini_imagenet_pools_splits_and_resplits_stratified(tmp_path, make_image, ingest) -> None:
     root = build_mini_imagenet(tmp_path / "mini", make_image)
     samples, errors = ingest(root, val_fraction=0.2)
-    assert errors.empty and len(samples) == 30
+    assert errors.empty
+    assert len(samples) == 30
     assert samples.columns[5] == "meta_original_split"
     assert samples.loc[0, "relpath"] == "images/n0100000000.jpg"
     original = samples.groupby("label")["meta_original_split"].first().to_dict()
@@ -44,7 +45,9 @@ def test_mini_imagenet_file_listed_twice_is_a_data_error(tmp_path, make_image, i
     root = build_mini_imagenet(tmp_path / "mini", make_image)
     with (root / "test.csv").open("a") as handle:
         handle.write("n0100000000.jpg,n01\n")
-    with pytest.raises(DataError, match=r"test\.csv, line 12: n0100000000\.jpg is already listed at .*train\.csv, line 2"):
+    with pytest.raises(
+        DataError, match=r"test\.csv, line 12: n0100000000\.jpg is already listed at .*train\.csv, line 2"
+    ):
         ingest(root, format="mini-imagenet")
 
 

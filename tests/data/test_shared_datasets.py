@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.realdata
+
 
 def require(path: Path) -> Path:
     if not path.exists():
@@ -22,7 +24,9 @@ def test_omniglot_small1_zip(shared_data_dir, ingest) -> None:
     assert sorted(samples["meta_alphabet"].unique()) == ["Balinese", "Early_Aramaic", "Greek", "Korean", "Latin"]
     assert samples.groupby("label").size().eq(20).all()
     assert sorted(samples["meta_drawer"].unique()) == list(range(1, 21))
-    assert (samples["width"] == 105).all() and (samples["height"] == 105).all() and (samples["mode"] == "1").all()
+    assert (samples["width"] == 105).all()
+    assert (samples["height"] == 105).all()
+    assert (samples["mode"] == "1").all()
     assert samples.groupby("label")["split"].agg(set).map(lambda s: s == {"train", "val"}).all()
     assert samples.loc[0, "relpath"] == "images_background_small1/Balinese/character01/0108_01.png"
 
@@ -36,5 +40,6 @@ def test_mini_imagenet_subset(shared_data_dir, ingest) -> None:
     assert samples["label"].nunique() == 100
     assert samples["meta_original_split"].value_counts().to_dict() == {"train": 1290, "test": 400, "val": 326}
     assert samples.groupby("meta_original_split")["label"].nunique().to_dict() == {"train": 64, "val": 16, "test": 20}
-    assert (samples["mode"] == "RGB").all() and (samples["width"] == 84).all()
+    assert (samples["mode"] == "RGB").all()
+    assert (samples["width"] == 84).all()
     assert samples.groupby("label")["split"].agg(set).map(lambda s: s == {"train", "val"}).all()
