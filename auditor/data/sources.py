@@ -148,7 +148,7 @@ def load_samples(config: AuditConfig, store: RunStore) -> tuple[pd.DataFrame, pd
             "error": [failures[f] for f in candidates.loc[failed, FILEPATH]],
         },
         columns=list(ERRORS_COLUMNS),
-    )
+    ).astype(str)
     if len(errors):
         logger.warning(
             "%s: %d unreadable image(s) recorded in the errors table (first: %s)",

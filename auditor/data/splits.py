@@ -87,6 +87,9 @@ def resolve_splits(frame: pd.DataFrame, *, seed: int, val_fraction: float, sourc
             f"{source}: has splits {sorted(set(given))} but no 'train' rows; add training images "
             "or drop the splits to let auditor make a stratified train/val split"
         )
+    unseen = sorted(set(frame.loc[given != "train", LABEL]) - set(frame.loc[given == "train", LABEL]))
+    if unseen:
+        logger.warning("%s: %d class(es) have no train images (first: %s)", source, len(unseen), unseen[0])
     if (given == "val").any():
         return given.astype("object")
     train = frame.loc[given == "train"]

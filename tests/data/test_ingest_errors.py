@@ -33,6 +33,13 @@ def test_corrupt_truncated_and_zero_byte_images_are_recorded_not_fatal(tmp_path,
     assert not set(errors["sample_id"]) & set(samples["sample_id"])
 
 
+def test_errors_table_is_typed_even_when_empty(tmp_path, make_imagefolder, ingest) -> None:
+    _, errors = ingest(make_imagefolder(tmp_path / "data", {"a": 2, "b": 2}))
+    assert errors.empty
+    assert list(errors.columns) == ["sample_id", "filepath", "stage", "error"]
+    assert all(errors[c].dtype.kind in "OT" or str(errors[c].dtype) == "str" for c in errors.columns)
+
+
 def test_oversized_image_is_recorded_as_decompression_bomb(
     tmp_path, make_imagefolder, make_image, ingest, monkeypatch
 ) -> None:
