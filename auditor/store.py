@@ -25,6 +25,8 @@ from auditor.schema import MANIFEST_FILE
 logger = logging.getLogger(__name__)
 
 _RUN_MARKER = MANIFEST_FILE
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 @contextmanager
@@ -36,6 +38,7 @@ def _atomic_path(target: Path) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; outputs are meant to be shared
         os.replace(tmp, target)
     finally:
         if tmp.exists():
