@@ -166,10 +166,7 @@ def render_html_tables(tables: AuditTables, *, template_dir: str | Path | None =
 def render_markdown_tables(tables: AuditTables, *, template_dir: str | Path | None = None) -> str:
     """`render_markdown` for tables already loaded."""
     findings = sort_findings(tables.findings)
-    top = [
-        {"severity": f["severity"], "kind": f["kind"], "title": f["title"], "n_samples": len(f["sample_ids"])}
-        for f in findings[:MARKDOWN_TOP_FINDINGS]
-    ]
+    top = _collapse_findings(findings)[:MARKDOWN_TOP_FINDINGS]
     failed = [
         {"rule": str(r.get("rule_id") or r.get("id") or ""), "message": str(r.get("message") or "")}
         for r in tables.results
@@ -200,6 +197,19 @@ def build_audit_json_tables(tables: AuditTables) -> dict[str, Any]:
         "metrics": to_plain(tables.metrics),
         "manifest": to_plain(tables.manifest),
     }
+
+
+def _collapse_findings(findings: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One entry per (severity, kind, title), in first-seen order: six identical leakage pairs become one line."""
+    entries: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for finding in findings:
+        key = (finding["severity"], finding["kind"], finding["title"])
+        entry = entries.setdefault(
+            key, {"severity": key[0], "kind": key[1], "title": key[2], "n_findings": 0, "n_samples": 0}
+        )
+        entry["n_findings"] += 1
+        entry["n_samples"] += len(finding["sample_ids"])
+    return list(entries.values())
 
 
 def _loader(template_dir: str | Path | None) -> ChoiceLoader:

@@ -219,7 +219,7 @@ class HarmfulSection(Section):
     """Samples whose removal is predicted to lower the validation loss most, highest `harm_score` first."""
 
     name: ClassVar[str] = "harmful"
-    title: ClassVar[str] = "Harmful training samples"
+    title: ClassVar[str] = "Harmful samples"
     template: ClassVar[str] = "sections/harmful.html.j2"
 
     def build(self, tables: AuditTables) -> dict[str, Any]:
@@ -420,10 +420,18 @@ def sort_findings(findings: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def format_evidence(evidence: Mapping[str, Any]) -> list[dict[str, str]]:
-    """The few most telling `evidence` entries as `{key, value}` text pairs (lists and dicts summarised)."""
-    keys = [k for k in _EVIDENCE_PRIORITY if k in evidence]
-    keys += sorted(k for k in evidence if k not in _EVIDENCE_PRIORITY)
+    """The few most telling flat `evidence` entries as `{key, value}` text pairs (long lists summarised)."""
+    shown = {k: v for k, v in evidence.items() if not _is_nested(v)}
+    keys = [k for k in _EVIDENCE_PRIORITY if k in shown]
+    keys += sorted((k for k in shown if k not in _EVIDENCE_PRIORITY), key=lambda k: (k == "method", k))
     return [{"key": _text(k), "value": _format_value(evidence[k])} for k in keys[:MAX_EVIDENCE_ITEMS]]
+
+
+def _is_nested(value: Any) -> bool:
+    """Mappings and lists of mappings: per-sample detail that belongs in findings.json, not in a table cell."""
+    return isinstance(value, Mapping) or (
+        isinstance(value, list | tuple) and any(isinstance(v, Mapping) for v in value)
+    )
 
 
 def _format_value(value: Any) -> str:

@@ -205,7 +205,7 @@ def test_user_template_folder_overrides_packaged_templates(fake_run: FakeRun, tm
     (user / "methodology.html.j2").write_text("<p>Our own methodology, seed {{ ctx.seed }}.</p>", encoding="utf-8")
     html = render_html(fake_run.store, template_dir=tmp_path / "my_templates")
     assert "<p>Our own methodology, seed 3.</p>" in html
-    assert "Label issues (confident learning)" not in html
+    assert "Harm and self-influence (TracIn)" not in html
     assert "Suspected label errors" in html  # the other sections still come from the package
 
 
