@@ -145,7 +145,7 @@ class Auditor:
         classes: list[str] = self.store.read_json(CLASSES_FILE)
         pixels = torch.from_numpy(np.ascontiguousarray(self.store.read_array(PIXELS_ARRAY)))
         index = {c: i for i, c in enumerate(classes)}
-        targets = torch.as_tensor(samples[LABEL].map(index).to_numpy(), dtype=torch.long)
+        targets = torch.tensor(samples[LABEL].map(index).to_numpy(dtype=np.int64), dtype=torch.long)
         return samples, pixels, targets, classes
 
     def _train(self) -> None:

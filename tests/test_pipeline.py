@@ -1,0 +1,175 @@
+"""End-to-end audits on a tiny planted dataset: outputs, contract columns, resumption, determinism, refusals."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+import auditor
+from auditor.cli import main
+from auditor.errors import RunMismatchError
+from auditor.pipeline import Auditor, run_audit
+
+FAST = {"epochs": 8, "checkpoints": 2, "batch_size": 16, "progress": False, "fiftyone": False}
+CONTRACT = ["sample_id", "filepath", "split", "label", "loss", "self_influence", "label_issue_score",
+            "is_label_issue", "suggested_label", "harm_score"]
+
+
+def _pattern(label: int, i: int) -> np.ndarray:
+    """12x12 class patterns (a bar in a class-specific place) plus per-image noise."""
+    rng = np.random.default_rng(1000 * label + i)
+    image = rng.integers(0, 50, (12, 12))
+    if label == 0:
+        image[2:5, :] += 200
+    elif label == 1:
+        image[:, 2:5] += 200
+    else:
+        image[7:10, 7:10] += 200
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def planted_folder(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, set[str]]:
+    """3 classes x 16 images; two images of class 'a' are filed under 'b' and 'c' (planted flips)."""
+    root = tmp_path_factory.mktemp("planted")
+    flipped = set()
+    names = ["a", "b", "c"]
+    for label in range(3):
+        for i in range(16):
+            folder = names[label]
+            if label == 0 and i in (3, 9):
+                folder = names[1 + (i == 9)]
+                flipped.add(f"{folder}/x{label}_{i:02d}.png")
+            path = root / folder / f"x{label}_{i:02d}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(_pattern(label, i), mode="L").save(path)
+    return root, flipped
+
+
+def test_audit_writes_outputs_and_contract(planted_folder: tuple[Path, set[str]], tmp_path: Path) -> None:
+    root, flipped = planted_folder
+    result = auditor.audit(str(root), out=str(tmp_path / "run"), **FAST)
+    for name in ("index.html", "audit.json", "summary.md", "manifest.json", "findings.json", "errors.parquet"):
+        assert (tmp_path / "run" / name).is_file(), name
+    samples = result.samples
+    assert list(samples.columns[: 4]) == ["sample_id", "filepath", "relpath", "split"]
+    assert set(CONTRACT) <= set(samples.columns)
+    assert len(samples) == 48 and samples["sample_id"].is_unique
+    assert set(samples["split"]) == {"train", "val"}
+    assert samples[["loss", "self_influence", "label_issue_score", "harm_score"]].notna().all().all()
+    ranked = samples.sort_values("label_issue_score", ascending=False)["relpath"].head(4).tolist()
+    assert flipped <= set(ranked), ranked
+    audit_json = json.loads((tmp_path / "run" / "audit.json").read_text())
+    assert {"verdict", "statistics", "results", "metrics", "manifest"} <= set(audit_json)
+    assert audit_json["metrics"]["dataset"]["n_samples"] == 48
+
+
+def test_same_seed_gives_identical_scores(planted_folder: tuple[Path, set[str]], tmp_path: Path) -> None:
+    root, _ = planted_folder
+    a = auditor.audit(str(root), out=str(tmp_path / "a"), **FAST).samples
+    b = auditor.audit(str(root), out=str(tmp_path / "b"), **FAST).samples
+    columns = ["sample_id", "loss", "self_influence", "label_issue_score", "harm_score", "suggested_label"]
+    pd.testing.assert_frame_equal(a[columns], b[columns])
+    c = auditor.audit(str(root), out=str(tmp_path / "c"), seed=1, **FAST).samples
+    assert not np.array_equal(a["self_influence"].to_numpy(), c["self_influence"].to_numpy())
+
+
+def test_interrupted_run_resumes_to_the_same_tables(
+    planted_folder: tuple[Path, set[str]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root, _ = planted_folder
+    reference = auditor.audit(str(root), out=str(tmp_path / "ref"), **FAST).samples
+
+    def killed(self: Auditor) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Auditor, "_analyze", killed)
+    with pytest.raises(KeyboardInterrupt):
+        auditor.audit(str(root), out=str(tmp_path / "run"), **FAST)
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["stages_done"] == ["ingest", "train", "score"]
+    checkpoint = next((tmp_path / "run" / "model" / "main").glob("*.pt"))
+    mtime = checkpoint.stat().st_mtime_ns
+    monkeypatch.undo()
+    resumed = auditor.audit(str(root), out=str(tmp_path / "run"), **FAST).samples
+    assert checkpoint.stat().st_mtime_ns == mtime  # training was not redone
+    pd.testing.assert_frame_equal(
+        reference.drop(columns=["filepath"]).reset_index(drop=True),
+        resumed.drop(columns=["filepath"]).reset_index(drop=True),
+    )
+
+
+def test_other_settings_into_same_run_are_refused_unless_overwrite(
+    planted_folder: tuple[Path, set[str]], tmp_path: Path
+) -> None:
+    root, _ = planted_folder
+    out = str(tmp_path / "run")
+    auditor.audit(str(root), out=out, **FAST)
+    with pytest.raises(RunMismatchError, match="epochs"):
+        auditor.audit(str(root), out=out, **{**FAST, "epochs": 9})
+    result = auditor.audit(str(root), out=out, overwrite=True, **{**FAST, "epochs": 9})
+    assert result.run_dir == Path(out).resolve()
+
+
+def test_cli_audit_and_report_exit_zero(planted_folder: tuple[Path, set[str]], tmp_path: Path) -> None:
+    root, _ = planted_folder
+    out = tmp_path / "cli"
+    argv = ["audit", str(root), "--out", str(out), "--epochs", "3", "--checkpoints", "2", "--no-fiftyone"]
+    assert main(argv) == 0
+    (out / "index.html").unlink()
+    assert main(["report", str(out)]) == 0
+    assert (out / "index.html").is_file()
+
+
+@pytest.mark.parametrize(
+    ("make_input", "expected"),
+    [
+        (lambda tmp: tmp / "does-not-exist", "does-not-exist"),
+        (lambda tmp: (tmp / "empty").mkdir() or tmp / "empty", "empty"),
+    ],
+)
+def test_cli_bad_input_is_one_line_exit_2(
+    make_input: object, expected: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = make_input(tmp_path)  # type: ignore[operator]
+    out = tmp_path / "out"
+    assert main(["-q", "audit", str(data), "--out", str(out), "--no-fiftyone"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("auditor: error:") and expected in err[0]
+    assert "Traceback" not in "\n".join(err)
+    assert not out.exists()  # no half-made run directory
+
+
+def test_cli_single_image_class_and_unknown_format(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = tmp_path / "data"
+    for label, n in (("a", 4), ("b", 1)):
+        for i in range(n):
+            path = root / label / f"{i}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(_pattern(0, i + (label == "b") * 10), mode="L").save(path)
+    assert main(["-q", "audit", str(root), "--out", str(tmp_path / "o"), "--no-fiftyone"]) == 2
+    err = capsys.readouterr().err
+    assert "b" in err and "single" in err.lower() or "1 image" in err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["audit", str(root), "--format", "nonsense"])
+    assert exit_info.value.code == 2
+
+
+def test_corrupt_image_is_recorded_and_audit_goes_on(planted_folder: tuple[Path, set[str]], tmp_path: Path) -> None:
+    root, _ = planted_folder
+    data = tmp_path / "data"
+    import shutil
+
+    shutil.copytree(root, data)
+    (data / "a" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    result = run_audit(auditor.AuditConfig(data=str(data), out=str(tmp_path / "run"), **FAST))
+    errors = pd.read_parquet(tmp_path / "run" / "errors.parquet")
+    assert errors["filepath"].str.endswith("broken.png").tolist() == [True]
+    assert len(result.samples) == 48
+    assert any(f["kind"] == "image_issue" for f in result.findings)
+    assert "broken.png" in (tmp_path / "run" / "index.html").read_text()
