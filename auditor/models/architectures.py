@@ -98,9 +98,10 @@ class SmallResNet(nn.Module):
 ARCHITECTURES: dict[str, type[nn.Module]] = {"conv4": Conv4, "resnet": SmallResNet}
 
 
-def choose_architecture(native_size: int) -> str:
-    """Conv-4 when the images are small (<= 32 px native), else the small ResNet."""
-    return "conv4" if native_size <= 32 else "resnet"
+def choose_architecture(native_size: int, channels: int) -> str:
+    """Conv-4 for grey-scale images (characters, digits: the few-shot literature's choice) and for small
+    colour images (<= 32 px native); the small ResNet for larger colour (natural) images."""
+    return "conv4" if channels == 1 or native_size <= 32 else "resnet"
 
 
 def build_proxy(name: str, *, in_channels: int, n_classes: int, image_size: int) -> nn.Module:

@@ -78,7 +78,7 @@ def model_plan(samples: pd.DataFrame, targets: np.ndarray, config: AuditConfig) 
 
 def resolve_model_spec(config: AuditConfig, *, native_size: int, channels: int, image_size: int, n_classes: int) -> ModelSpec:
     """The architecture `--model` asks for: the auto-chosen proxy or the user's factory."""
-    architecture = choose_architecture(native_size) if config.model == "auto" else f"user:{config.model}"
+    architecture = choose_architecture(native_size, channels) if config.model == "auto" else f"user:{config.model}"
     return ModelSpec(architecture=architecture, in_channels=channels, image_size=image_size, n_classes=n_classes)
 
 

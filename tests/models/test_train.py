@@ -25,8 +25,9 @@ def test_checkpoint_epochs_are_even_and_end_at_last_epoch() -> None:
 
 
 def test_architecture_choice_by_native_size() -> None:
-    assert choose_architecture(28) == "conv4"
-    assert choose_architecture(84) == "resnet"
+    assert choose_architecture(28, 3) == "conv4"
+    assert choose_architecture(105, 1) == "conv4"  # Omniglot: grey-scale characters
+    assert choose_architecture(84, 3) == "resnet"  # Mini-ImageNet: natural colour images
 
 
 def test_training_is_deterministic_and_learns() -> None:
