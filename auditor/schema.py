@@ -17,6 +17,7 @@ ERRORS_TABLE = "errors"
 FINDINGS_FILE = "findings.json"
 METRICS_FILE = "metrics.json"
 MANIFEST_FILE = "manifest.json"
+GATE_FILE = "gate.json"  # the last rule-gate outcome (verdict, per-rule results), re-rendered by every report
 
 # Samples table: identity and data.
 SAMPLE_ID = "sample_id"
