@@ -15,6 +15,7 @@ from typing import Any
 
 from jinja2 import ChoiceLoader, Environment, FileSystemLoader, PackageLoader, StrictUndefined
 
+from auditor.report.junit import JUNIT_XML, render_junit
 from auditor.report.sections import build_sections, sort_findings
 from auditor.report.summary import compute_key_numbers, compute_statistics, describe_verdict
 from auditor.report.tables import NOT_EVALUATED, AuditTables, load_audit_tables, to_plain
@@ -137,13 +138,18 @@ def run_reports(
     results: Sequence[Mapping[str, Any]] | None = None,
     template_dir: str | Path | None = None,
 ) -> dict[str, Path]:
-    """Write index.html, summary.md and audit.json into the run; return `{"html", "markdown", "json"}` paths."""
+    """Write index.html, summary.md and audit.json into the run; return `{"html", "markdown", "json"}` paths.
+
+    When the rule gate has results, audit.junit.xml is written too (`"junit"`).
+    """
     tables = load_audit_tables(store, verdict=verdict, results=results)
     paths = {
         "html": store.write_text(INDEX_HTML, render_html_tables(tables, template_dir=template_dir)),
         "markdown": store.write_text(SUMMARY_MD, render_markdown_tables(tables, template_dir=template_dir)),
         "json": store.write_json(AUDIT_JSON, build_audit_json_tables(tables)),
     }
+    if tables.results:
+        paths["junit"] = store.write_text(JUNIT_XML, render_junit(tables.results, verdict=tables.verdict))
     logger.info("Wrote reports %s", ", ".join(str(p) for p in paths.values()))
     return paths
 
@@ -168,7 +174,11 @@ def render_markdown_tables(tables: AuditTables, *, template_dir: str | Path | No
     findings = sort_findings(tables.findings)
     top = _collapse_findings(findings)[:MARKDOWN_TOP_FINDINGS]
     failed = [
-        {"rule": str(r.get("rule_id") or r.get("id") or ""), "message": str(r.get("message") or "")}
+        {
+            "rule": str(r.get("rule_id") or r.get("id") or ""),
+            "severity": str(r.get("severity") or ""),
+            "message": str(r.get("message") or ""),
+        }
         for r in tables.results
         if str(r.get("status", "")).lower() in ("fail", "failed", "error")
     ]

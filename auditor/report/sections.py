@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 
 import pandas as pd
 
+from auditor.gate.conditions import CONDITIONS, describe_condition
 from auditor.report.tables import SEVERITIES, AuditTables, to_plain
 from auditor.report.thumbnails import load_thumbnail
 from auditor.schema import (
@@ -95,15 +96,46 @@ class GateSection(Section):
         return bool(tables.results)
 
     def build(self, tables: AuditTables) -> dict[str, Any]:
-        rows = [
-            {
-                "rule": _text(result.get("rule_id") or result.get("id") or result.get("name") or ""),
-                "status": _text(result.get("status") or result.get("outcome") or ""),
-                "message": _text(result.get("message") or result.get("description") or ""),
-            }
-            for result in tables.results
-        ]
-        return {"verdict": tables.verdict, "rows": rows}
+        rows = [_gate_row(result) for result in tables.results]
+        statuses = [row["status"] for row in rows]
+        counts = [{"status": s, "count": statuses.count(s)} for s in dict.fromkeys(sorted(statuses))]
+        return {"verdict": tables.verdict, "rows": rows, "counts": counts}
+
+
+def _gate_row(result: Mapping[str, Any]) -> dict[str, Any]:
+    """One rule result as table text: observed vs required, severity, status and waiver state."""
+    condition, threshold = result.get("condition"), result.get("threshold")
+    required = describe_condition(condition, threshold) if condition in CONDITIONS and threshold is not None else ""
+    observed = result.get("observed")
+    for_each = result.get("for_each")
+    if for_each:
+        required = f"each {for_each}: {required}; ≥ {_format_value(result.get('mostly'))} of groups"
+        observed_text = "—" if observed is None else f"{observed:.0%} of groups pass"
+    else:
+        observed_text = _format_value(observed)
+    if isinstance(result.get("baseline"), Mapping):
+        required = f"change vs baseline ({_text(result['baseline'].get('change'))}) {required}"
+    waiver = result.get("waiver")
+    waiver_text = ""
+    if isinstance(waiver, Mapping):
+        state = "ended" if waiver.get("expired") else "until"
+        waiver_text = f"{state} {_text(waiver.get('expires'))}, approved by {_text(waiver.get('approved_by'))}: "
+        waiver_text += _text(waiver.get("reason"))
+    severity = _text(result.get("severity"))
+    return {
+        "rule": _text(result.get("rule_id") or result.get("id") or result.get("name") or ""),
+        "description": _text(result.get("description")),
+        "metric": _text(result.get("metric")),
+        "observed": observed_text,
+        "required": _text(required),
+        "severity": severity,
+        "severity_rank": _SEVERITY_RANK.get(severity, len(SEVERITIES)),
+        "status": _text(result.get("status") or result.get("outcome") or ""),
+        "waiver": waiver_text,
+        "waiver_expired": bool(isinstance(waiver, Mapping) and waiver.get("expired")),
+        "message": _text(result.get("message") or result.get("description") or "", limit=400),
+        "n_evidence": len(result.get("evidence_sample_ids") or []),
+    }
 
 
 class OverviewSection(Section):

@@ -9,6 +9,7 @@ from typing import Any
 
 import pandas as pd
 
+from auditor.gate.verdict import count_statuses
 from auditor.report.tables import NOT_EVALUATED, SEVERITIES, AuditTables, to_plain
 from auditor.schema import IS_DUPLICATE, IS_HARMFUL, IS_LABEL_ISSUE, LABEL, SPLIT
 
@@ -52,6 +53,8 @@ def compute_statistics(tables: AuditTables) -> dict[str, Any]:
                 tables.metric("slices.significant.count"),
                 sum(f["kind"] == "slice" for f in findings) if findings else None,
             ),
+            "n_rules": len(tables.results),
+            "rules_by_status": count_statuses(tables.results),
         }
     )
 

@@ -19,6 +19,7 @@ from auditor.schema import (
     ERRORS_COLUMNS,
     ERRORS_TABLE,
     FINDINGS_FILE,
+    GATE_FILE,
     MANIFEST_FILE,
     METRICS_FILE,
     SAMPLES_REQUIRED,
@@ -69,7 +70,8 @@ def load_audit_tables(
     """Read manifest, samples, errors, findings, metrics and the demo check of the run in `store`.
 
     Only the manifest and samples.parquet are required; the other files are optional so that a report
-    can be drawn from a run whose later stages have not finished.
+    can be drawn from a run whose later stages have not finished. Without an explicit verdict/results,
+    the run's last gate outcome (gate.json, written by `auditor check` or `audit --rules`) is used.
     """
     if not store.exists():
         raise DataError(
@@ -91,6 +93,11 @@ def load_audit_tables(
         raise DataError(f"{store.path(FINDINGS_FILE)} must hold a JSON list of findings; got {type(findings).__name__}")
     metrics = store.read_json(METRICS_FILE) if store.has(METRICS_FILE) else {}
     demo_check = store.read_json(DEMO_CHECK_FILE) if store.has(DEMO_CHECK_FILE) else None
+    if verdict == NOT_EVALUATED and results is None and store.has(GATE_FILE):
+        gate = store.read_json(GATE_FILE)
+        if not isinstance(gate, dict) or not isinstance(gate.get("results"), list) or "verdict" not in gate:
+            raise DataError(f"{store.path(GATE_FILE)} is not a gate outcome; delete it or rerun `auditor check`")
+        verdict, results = str(gate["verdict"]), gate["results"]
     return AuditTables(
         manifest=store.read_manifest(),
         samples=samples,
