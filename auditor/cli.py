@@ -1,4 +1,4 @@
-"""Command-line interface: subcommands, logging set-up and exit codes (0 ok, 2 user error, 3 internal error).
+"""Command-line interface: subcommands, logging set-up and exit codes (0 ok, 1 gate failed, 2 user error, 3 internal).
 
 The only module that configures logging or writes to the terminal directly.
 """
@@ -11,14 +11,22 @@ import sys
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from auditor import __version__
 from auditor.config import FORMATS, AuditConfig
 from auditor.errors import AuditorError
 
+if TYPE_CHECKING:
+    from datetime import date
+
+    from auditor.gate import GateOutcome
+
 logger = logging.getLogger("auditor.cli")
 
 EXIT_OK, EXIT_USER_ERROR, EXIT_INTERNAL_ERROR = 0, 2, 3
+EXIT_GATE_FAILED = 1
+FAIL_ON_CHOICES = ("critical", "warning", "info")
 
 
 def _add_training_options(parser: argparse.ArgumentParser) -> None:
@@ -56,7 +64,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = sub.add_parser("report", help="re-render the reports of an existing run")
     report.add_argument("run", help="run directory (reports/<name>)")
+    _add_gate_commands(sub, audit, demo)
     return parser
+
+
+def _add_gate_commands(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], *audits: argparse.ArgumentParser
+) -> None:
+    for parser in audits:
+        parser.add_argument("--rules", default=None, help="rule pack to gate the run with; exit 1 if it fails")
+    check = sub.add_parser("check", help="gate an existing run with a rule pack (exit 1 if the gate fails)")
+    check.add_argument("run", help="run directory (reports/<name>)")
+    check.add_argument("--rules", required=True, help="rule pack: a YAML file, or default/release/fairness")
+    check.add_argument("--baseline", default=None, help="audit.json of an earlier run, for baseline rules")
+    check.add_argument(
+        "--fail-on", default="critical", choices=FAIL_ON_CHOICES, help="least severity that fails (default critical)"
+    )
+    rules = sub.add_parser("rules", help="work with rule packs")
+    actions = rules.add_subparsers(dest="rules_command", required=True)
+    validate = actions.add_parser("validate", help="check a rule pack against the schema (exit 2 if invalid)")
+    validate.add_argument("file", help="rule pack YAML file")
 
 
 def _configure_logging(verbose: bool, quiet: bool) -> None:
@@ -81,10 +108,17 @@ def _config_from_args(args: argparse.Namespace, *, data: str, data_format: str) 
         image_size=args.image_size,
         overwrite=args.overwrite,
         fiftyone=not args.no_fiftyone,
+        rules=getattr(args, "rules", None),
     )
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.command in ("check", "rules"):
+        return _run_gate_command(args)
+    if getattr(args, "rules", None) is not None:  # a bad rule file fails before any training
+        from auditor.gate import load_rule_pack
+
+        load_rule_pack(args.rules)
     from auditor.pipeline import run_audit
 
     if args.command == "audit":
@@ -114,7 +148,53 @@ def _run(args: argparse.Namespace) -> int:
         len(result.findings),
         result.paths.get("index.html", result.run_dir),
     )
-    return EXIT_OK
+    if getattr(args, "rules", None) is None:
+        return EXIT_OK
+    from auditor.gate import load_gate_outcome
+    from auditor.store import RunStore
+
+    outcome = load_gate_outcome(RunStore(result.run_dir))
+    if outcome is None:
+        raise AssertionError(f"the report stage wrote no gate outcome in {result.run_dir}")
+    return _print_gate(outcome)
+
+
+def _run_gate_command(args: argparse.Namespace) -> int:
+    from auditor.gate import load_rule_pack, run_gate
+
+    if args.command == "rules":  # rules validate FILE
+        pack = load_rule_pack(args.file)
+        for waiver in pack.waivers.values():
+            if not waiver.is_live(_today()):
+                logger.warning("waiver of rule %r expired on %s; it no longer applies", waiver.rule, waiver.expires)
+        print(f"ok: {len(pack.rules)} rules, {len(pack.waivers)} waivers")
+        return EXIT_OK
+    from auditor.report.render import run_reports
+    from auditor.store import RunStore
+
+    store = RunStore(args.run)
+    if not store.exists():
+        raise AuditorError(f"{Path(args.run)} is not an auditor run directory (no manifest.json)")
+    outcome = run_gate(store, load_rule_pack(args.rules), baseline=args.baseline, fail_on=args.fail_on)
+    for path in run_reports(store).values():
+        logger.info("Wrote %s", path)
+    return _print_gate(outcome)
+
+
+def _today() -> date:
+    from auditor.gate.waivers import today_utc
+
+    return today_utc()
+
+
+def _print_gate(outcome: GateOutcome) -> int:
+    """Print every rule that did not pass and the verdict; return exit code 1 if the gate failed, else 0."""
+    for result in outcome.results:
+        if result["status"] != "pass" or result["expired_waiver"]:
+            print(f"{result['status'].upper():8} {result['severity']:8} {result['rule_id']}: {result['message']}")
+    counts = ", ".join(f"{n} {status}" for status, n in outcome.to_dict()["counts"].items() if n)
+    print(f"gate {outcome.verdict} (fails on {outcome.fail_on}): {len(outcome.results)} rules: {counts}")
+    return EXIT_GATE_FAILED if outcome.failed else EXIT_OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -15,7 +15,7 @@ from auditor.errors import ConfigError
 FORMATS = ("auto", "imagefolder", "csv", "omniglot", "mini-imagenet", "demo")
 
 # Options that do not change the tables: they may differ between a run and its resumption.
-_NON_RESULT_FIELDS = frozenset({"overwrite", "fiftyone", "progress", "name", "out"})
+_NON_RESULT_FIELDS = frozenset({"overwrite", "fiftyone", "progress", "name", "out", "rules"})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -40,6 +40,7 @@ class AuditConfig:
     overwrite: bool = field(default=False, metadata={"help": "Delete an existing run directory first."})
     fiftyone: bool = field(default=True, metadata={"help": "Write the FiftyOne dataset."})
     progress: bool = field(default=True, metadata={"help": "Show progress bars on a TTY."})
+    rules: str | None = field(default=None, metadata={"help": "Rule pack (YAML) the report stage gates the run with."})
 
     def __post_init__(self) -> None:
         if self.format not in FORMATS:

@@ -107,6 +107,8 @@ class Auditor:
         self._stage("train", self._train)
         self._stage("score", self._score)
         self._stage("analyze", self._analyze)
+        if self.config.rules is not None:  # a rule pack judges the run even when resuming a finished one
+            self.store.clear_stages_from(["report"])
         self._stage("report", self._report)
         return load_result(self.store)
 
@@ -190,6 +192,10 @@ class Auditor:
     def _report(self) -> None:
         from auditor.report.render import run_reports
 
+        if self.config.rules is not None:
+            from auditor.gate import run_gate
+
+            run_gate(self.store, self.config.rules)  # writes gate.json, which every report then renders
         run_reports(self.store)
 
 
