@@ -6,6 +6,7 @@ Only options that change results take part in the run-compatibility check (`resu
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,16 +14,20 @@ from typing import Any
 from auditor.errors import ConfigError
 
 FORMATS = ("auto", "imagefolder", "csv", "omniglot", "mini-imagenet", "demo")
+_FIELD_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 
 # Options that do not change the tables: they may differ between a run and its resumption.
 _NON_RESULT_FIELDS = frozenset({"overwrite", "fiftyone", "progress", "name", "out", "rules"})
+# Options that only mean something for a FiftyOne source; left out of `result_settings` otherwise, so runs made
+# before they existed still resume.
+_FIFTYONE_SOURCE_FIELDS = frozenset({"fiftyone_dataset", "label_field", "split_field", "embeddings_field"})
 
 
 @dataclass(frozen=True, kw_only=True)
 class AuditConfig:
     """Every parameter of an audit. Written verbatim into manifest.json."""
 
-    data: str = field(metadata={"help": "Dataset folder, CSV manifest, or Omniglot zip."})
+    data: str = field(metadata={"help": "Dataset folder, CSV manifest, Omniglot zip, or the FiftyOne dataset's name."})
     format: str = field(default="auto", metadata={"help": f"Layout of DATA: one of {FORMATS}."})
     metadata: str | None = field(default=None, metadata={"help": "CSV with a filepath column to join."})
     name: str | None = field(default=None, metadata={"help": "Run name; default: DATA's folder name."})
@@ -39,6 +44,10 @@ class AuditConfig:
     image_size: int | None = field(default=None, metadata={"help": "Proxy input size; default by data."})
     overwrite: bool = field(default=False, metadata={"help": "Delete an existing run directory first."})
     fiftyone: bool = field(default=True, metadata={"help": "Write the FiftyOne dataset."})
+    fiftyone_dataset: str | None = field(default=None, metadata={"help": "FiftyOne dataset to audit (not DATA)."})
+    label_field: str = field(default="ground_truth", metadata={"help": "Classification field of the FiftyOne labels."})
+    split_field: str | None = field(default=None, metadata={"help": "FiftyOne string field naming each split."})
+    embeddings_field: str | None = field(default=None, metadata={"help": "FiftyOne vector field of embeddings."})
     progress: bool = field(default=True, metadata={"help": "Show progress bars on a TTY."})
     rules: str | None = field(default=None, metadata={"help": "Rule pack (YAML) the report stage gates the run with."})
 
@@ -63,12 +72,39 @@ class AuditConfig:
             raise ConfigError(f"--model must be 'auto' or 'pkg.module:factory'; got {self.model!r}")
         if self.weights is not None and self.model == "auto":
             raise ConfigError("--weights needs --model pkg.module:factory naming the architecture")
+        self._validate_fiftyone_source()
+
+    def _validate_fiftyone_source(self) -> None:
+        for option, value in (
+            ("--label-field", self.label_field),
+            ("--split-field", self.split_field),
+            ("--embeddings-field", self.embeddings_field),
+        ):
+            if value is not None and not _FIELD_NAME.fullmatch(value):
+                raise ConfigError(f"{option} must be a FiftyOne field name (letters, digits, _ and .); got {value!r}")
+        if self.fiftyone_dataset is None:
+            if self.split_field is not None or self.embeddings_field is not None:
+                raise ConfigError("--split-field and --embeddings-field need --fiftyone DATASET")
+            return
+        if not self.fiftyone_dataset.strip():
+            raise ConfigError("--fiftyone needs the name of a FiftyOne dataset; got an empty name")
+        if self.format != "auto":
+            raise ConfigError(f"--format {self.format} cannot be combined with --fiftyone (the dataset is the layout)")
+        if self.metadata is not None:
+            raise ConfigError("--metadata cannot be combined with --fiftyone; store the metadata as sample fields")
+        if self.data != self.fiftyone_dataset:
+            raise ConfigError(
+                f"with --fiftyone, DATA must be omitted or equal the dataset name; got {self.data!r} and "
+                f"{self.fiftyone_dataset!r}"
+            )
 
     @property
     def run_name(self) -> str:
-        """The run's name: `name` if given, else the data folder's name without extension."""
+        """The run's name: `name` if given, else the FiftyOne dataset's or the data folder's name without extension."""
         if self.name:
             return self.name
+        if self.fiftyone_dataset is not None:
+            return self.fiftyone_dataset
         stem = Path(self.data).name
         return Path(stem).stem if stem.endswith((".zip", ".csv")) else stem
 
@@ -84,4 +120,5 @@ class AuditConfig:
 
     def result_settings(self) -> dict[str, Any]:
         """The fields that change results; a run directory may only be resumed with equal ones."""
-        return {k: v for k, v in self.to_dict().items() if k not in _NON_RESULT_FIELDS}
+        skipped = _NON_RESULT_FIELDS if self.fiftyone_dataset else _NON_RESULT_FIELDS | _FIFTYONE_SOURCE_FIELDS
+        return {k: v for k, v in self.to_dict().items() if k not in skipped}

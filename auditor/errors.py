@@ -34,3 +34,7 @@ class RuleSpecError(AuditorError):
 
 class RegistryError(AuditorError):
     """A plugin name is unknown or registered twice."""
+
+
+class FiftyOneError(AuditorError):
+    """FiftyOne cannot be used: its database does not start, or a dataset, field or run it needs is missing."""

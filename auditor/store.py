@@ -177,6 +177,14 @@ class RunStore:
         """True if a file `relative` exists in the run directory."""
         return self.path(relative).exists()
 
+    def remove(self, relative: str) -> bool:
+        """Delete the file `relative` if present (an output that no longer holds); True if it existed."""
+        target = self.path(relative)
+        if not target.is_file():
+            return False
+        target.unlink()
+        return True
+
     def write_table(self, name: str, frame: pd.DataFrame) -> Path:
         """Write `name`.parquet atomically."""
         target = self.path(f"{name}.parquet")

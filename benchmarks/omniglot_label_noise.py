@@ -73,7 +73,9 @@ def run_seed(seed: int, epochs: int, workdir: Path) -> dict[str, object]:
     moves = plant_label_noise_in_folder(data, rate=0.10, seed=seed, class_depth=2)
     moved = {m["relpath"] for m in moves}
     start = time.perf_counter()
-    result = auditor.audit(str(data), format="omniglot", out=str(workdir / f"run-{seed}"), epochs=epochs, seed=seed, fiftyone=False)
+    result = auditor.audit(
+        str(data), format="omniglot", out=str(workdir / f"run-{seed}"), epochs=epochs, seed=seed, fiftyone=False
+    )
     audit_s = time.perf_counter() - start
     samples = result.samples
     truth = samples["relpath"].isin(moved).to_numpy()
@@ -82,16 +84,24 @@ def run_seed(seed: int, epochs: int, workdir: Path) -> dict[str, object]:
         "wall_s": audit_s,
         "trainings": 3,
         **_quality(truth, samples["label_issue_score"].to_numpy(), samples["is_label_issue"].to_numpy(bool)),
-        "suggested_label_correct": float(
-            np.mean([suggested[m["relpath"]] == m["true_label"] for m in moves])
-        ),
+        "suggested_label_correct": float(np.mean([suggested[m["relpath"]] == m["true_label"] for m in moves])),
     }
-    baselines = {name: _quality(truth, samples[name].to_numpy()) for name in ("self_influence", "dynamics_loss", "oof_loss", "loss")}
+    baselines = {
+        name: _quality(truth, samples[name].to_numpy())
+        for name in ("self_influence", "dynamics_loss", "oof_loss", "loss")
+    }
     classes = json.loads((workdir / f"run-{seed}" / "classes.json").read_text())
     labels = samples["label"].map({c: i for i, c in enumerate(classes)}).to_numpy(np.int64)
     cleanlab = run_cleanlab(workdir / f"run-{seed}", labels, truth, epochs=epochs, seed=seed)
     logger.info("seed %d: auditor %s | cleanlab %s", seed, ours, cleanlab)
-    return {"seed": seed, "n_samples": len(samples), "n_moved": len(moves), "auditor": ours, "auditor_baselines": baselines, "cleanlab": cleanlab}
+    return {
+        "seed": seed,
+        "n_samples": len(samples),
+        "n_moved": len(moves),
+        "auditor": ours,
+        "auditor_baselines": baselines,
+        "cleanlab": cleanlab,
+    }
 
 
 def main() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -15,9 +16,19 @@ from auditor.cli import main
 from auditor.errors import RunMismatchError
 from auditor.pipeline import Auditor, run_audit
 
-FAST = {"epochs": 8, "checkpoints": 2, "batch_size": 16, "progress": False, "fiftyone": False}
-CONTRACT = ["sample_id", "filepath", "split", "label", "loss", "self_influence", "label_issue_score",
-            "is_label_issue", "suggested_label", "harm_score"]
+FAST: dict[str, Any] = {"epochs": 8, "checkpoints": 2, "batch_size": 16, "progress": False, "fiftyone": False}
+CONTRACT = [
+    "sample_id",
+    "filepath",
+    "split",
+    "label",
+    "loss",
+    "self_influence",
+    "label_issue_score",
+    "is_label_issue",
+    "suggested_label",
+    "harm_score",
+]
 
 
 def _pattern(label: int, i: int) -> np.ndarray:
@@ -57,9 +68,10 @@ def test_audit_writes_outputs_and_contract(planted_folder: tuple[Path, set[str]]
     for name in ("index.html", "audit.json", "summary.md", "manifest.json", "findings.json", "errors.parquet"):
         assert (tmp_path / "run" / name).is_file(), name
     samples = result.samples
-    assert list(samples.columns[: 4]) == ["sample_id", "filepath", "relpath", "split"]
+    assert list(samples.columns[:4]) == ["sample_id", "filepath", "relpath", "split"]
     assert set(CONTRACT) <= set(samples.columns)
-    assert len(samples) == 48 and samples["sample_id"].is_unique
+    assert len(samples) == 48
+    assert samples["sample_id"].is_unique
     assert set(samples["split"]) == {"train", "val"}
     assert samples[["loss", "self_influence", "label_issue_score", "harm_score"]].notna().all().all()
     ranked = samples.sort_values("label_issue_score", ascending=False)["relpath"].head(4).tolist()
@@ -140,7 +152,9 @@ def test_cli_bad_input_is_one_line_exit_2(
     out = tmp_path / "out"
     assert main(["-q", "audit", str(data), "--out", str(out), "--no-fiftyone"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("auditor: error:") and expected in err[0]
+    assert len(err) == 1
+    assert err[0].startswith("auditor: error:")
+    assert expected in err[0]
     assert "Traceback" not in "\n".join(err)
     assert not out.exists()  # no half-made run directory
 
@@ -154,7 +168,7 @@ def test_cli_single_image_class_and_unknown_format(tmp_path: Path, capsys: pytes
             Image.fromarray(_pattern(0, i + (label == "b") * 10), mode="L").save(path)
     assert main(["-q", "audit", str(root), "--out", str(tmp_path / "o"), "--no-fiftyone"]) == 2
     err = capsys.readouterr().err
-    assert "b" in err and "single" in err.lower() or "1 image" in err
+    assert ("b" in err and "single" in err.lower()) or "1 image" in err
     with pytest.raises(SystemExit) as exit_info:
         main(["audit", str(root), "--format", "nonsense"])
     assert exit_info.value.code == 2

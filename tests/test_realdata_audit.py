@@ -40,8 +40,12 @@ def test_omniglot_moved_labels_are_found(shared_data_dir: Path, tmp_path: Path) 
 
 def test_mini_imagenet_audit_runs_end_to_end(shared_data_dir: Path, tmp_path: Path) -> None:
     result = auditor.audit(
-        str(shared_data_dir / "mini_imagenet"), format="mini-imagenet", out=str(tmp_path / "run"),
-        epochs=2, checkpoints=2, fiftyone=False,
+        str(shared_data_dir / "mini_imagenet"),
+        format="mini-imagenet",
+        out=str(tmp_path / "run"),
+        epochs=2,
+        checkpoints=2,
+        fiftyone=False,
     )
     samples = result.samples
     assert len(samples) == 2016

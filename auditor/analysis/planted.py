@@ -36,7 +36,7 @@ def score_planted(planted_path: Path, samples: pd.DataFrame, findings: list[dict
             "found": len(found),
             "recall": _ratio(len(found), len(flips)),
             "precision": _ratio(len(found), len(flagged)),
-            "how": f"is_label_issue; the suggested label is the true one for {correct_suggestions} of {len(found)} found",
+            "how": f"is_label_issue; the suggested label is the true one for {correct_suggestions} of {len(found)}",
         }
     )
 

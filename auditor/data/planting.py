@@ -26,7 +26,7 @@ def plant_label_noise_in_folder(root: Path, *, rate: float, seed: int, class_dep
     files = sorted(p for p in root.rglob("*") if p.is_file() and len(p.relative_to(root).parts) == class_depth + 1)
     labels = sorted({"/".join(p.relative_to(root).parts[:class_depth]) for p in files})
     rng = np.random.default_rng(seed)
-    chosen = rng.choice(len(files), size=int(round(rate * len(files))), replace=False)
+    chosen = rng.choice(len(files), size=round(rate * len(files)), replace=False)
     moves = []
     for index in sorted(chosen.tolist()):
         source = files[index]

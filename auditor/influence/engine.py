@@ -85,7 +85,9 @@ def run_scoring(
         harm[train_rows] = scored.harm
     if not folds:
         # No cross-fitting: the main model supplies dynamics for every row (in-sample only for train rows).
-        full = compute_tracin(network, main.checkpoints, pixels, targets, batch_size=batch_size, progress=progress, desc="tracin all")
+        full = compute_tracin(
+            network, main.checkpoints, pixels, targets, batch_size=batch_size, progress=progress, desc="tracin all"
+        )
         self_sum += full.self_influence
         self_count += 1
         dyn_sum += full.losses.mean(0)

@@ -70,11 +70,15 @@ class _BasicBlock(nn.Module):
 class SmallResNet(nn.Module):
     """A three-stage ResNet (widths 32/64/128, one basic block each) sized for CPU training at 32-64 px."""
 
-    def __init__(self, in_channels: int, n_classes: int, *, image_size: int, widths: tuple[int, ...] = (32, 64, 128)) -> None:
+    def __init__(
+        self, in_channels: int, n_classes: int, *, image_size: int, widths: tuple[int, ...] = (32, 64, 128)
+    ) -> None:
         super().__init__()
         del image_size  # global pooling makes the network size-agnostic
         stem = nn.Sequential(
-            nn.Conv2d(in_channels, widths[0], 3, padding=1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True)
+            nn.Conv2d(in_channels, widths[0], 3, padding=1, bias=False),
+            nn.BatchNorm2d(widths[0]),
+            nn.ReLU(inplace=True),
         )
         stages: list[nn.Module] = []
         previous = widths[0]

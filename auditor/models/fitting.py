@@ -76,13 +76,22 @@ def model_plan(samples: pd.DataFrame, targets: np.ndarray, config: AuditConfig) 
     return plan
 
 
-def resolve_model_spec(config: AuditConfig, *, native_size: int, channels: int, image_size: int, n_classes: int) -> ModelSpec:
+def resolve_model_spec(
+    config: AuditConfig, *, native_size: int, channels: int, image_size: int, n_classes: int
+) -> ModelSpec:
     """The architecture `--model` asks for: the auto-chosen proxy or the user's factory."""
     architecture = choose_architecture(native_size, channels) if config.model == "auto" else f"user:{config.model}"
     return ModelSpec(architecture=architecture, in_channels=channels, image_size=image_size, n_classes=n_classes)
 
 
-def run_training(store: RunStore, config: AuditConfig, spec: ModelSpec, pixels: torch.Tensor, targets: torch.Tensor, samples: pd.DataFrame) -> None:
+def run_training(
+    store: RunStore,
+    config: AuditConfig,
+    spec: ModelSpec,
+    pixels: torch.Tensor,
+    targets: torch.Tensor,
+    samples: pd.DataFrame,
+) -> None:
     """Train (or load, for user weights) every planned model, storing checkpoints as each finishes."""
     plan = model_plan(samples, targets.numpy(), config)
     info: dict[str, object] = {"spec": spec.__dict__, "models": {}}
@@ -118,7 +127,7 @@ def run_training(store: RunStore, config: AuditConfig, spec: ModelSpec, pixels: 
             store.save_state(file, checkpoint.state)
             files.append({"file": file, "epoch": checkpoint.epoch, "learning_rate": checkpoint.learning_rate})
         store.write_array(f"model/{name}/train_rows", rows)
-        models[name] = {"checkpoints": files, "log": log, "n_train": int(len(rows))}
+        models[name] = {"checkpoints": files, "log": log, "n_train": len(rows)}
         store.write_json(MODEL_INFO_FILE, info)
 
 
@@ -132,7 +141,9 @@ def load_trained(store: RunStore) -> tuple[ModelSpec, list[TrainedModel]]:
             Checkpoint(epoch=c["epoch"], learning_rate=c["learning_rate"], state=store.load_state(c["file"]))
             for c in entry["checkpoints"]
         ]
-        trained.append(TrainedModel(name=name, train_rows=store.read_array(f"model/{name}/train_rows"), checkpoints=checkpoints))
+        trained.append(
+            TrainedModel(name=name, train_rows=store.read_array(f"model/{name}/train_rows"), checkpoints=checkpoints)
+        )
     return spec, trained
 
 

@@ -52,7 +52,7 @@ class TrainResult:
 def checkpoint_epochs(epochs: int, n_checkpoints: int) -> list[int]:
     """Evenly spaced epochs (1-based) at which to keep a checkpoint; always includes the last epoch."""
     n = min(n_checkpoints, epochs)
-    return sorted({int(round(epochs * (i + 1) / n)) for i in range(n)})
+    return sorted({round(epochs * (i + 1) / n) for i in range(n)})
 
 
 def _lr_at(step: int, total_steps: int, peak: float) -> float:
@@ -125,7 +125,13 @@ def train_model(
             mean_lr = float(np.mean(lrs_since_checkpoint)) if lrs_since_checkpoint else settings.learning_rate
             result.checkpoints.append(Checkpoint(epoch=epoch, learning_rate=mean_lr, state=state))
             lrs_since_checkpoint = []
-    logger.info("%s: %d epochs, final train loss %.3f, accuracy %.3f", desc, settings.epochs, result.log[-1]["loss"], result.log[-1]["accuracy"])
+    logger.info(
+        "%s: %d epochs, final train loss %.3f, accuracy %.3f",
+        desc,
+        settings.epochs,
+        result.log[-1]["loss"],
+        result.log[-1]["accuracy"],
+    )
     return result
 
 

@@ -73,7 +73,8 @@ def load_user_weights(model: nn.Module, weights: str | Path) -> None:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for unsafe or corrupt files
         raise ModelError(
-            f"--weights {path}: not a safe state dict ({type(exc).__name__}); save it with torch.save(model.state_dict())"
+            f"--weights {path}: not a safe state dict ({type(exc).__name__}); "
+            "save it with torch.save(model.state_dict())"
         ) from exc
     if not isinstance(state, dict):
         raise ModelError(f"--weights {path}: expected a state dict, got {type(state).__name__}")

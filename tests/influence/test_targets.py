@@ -43,7 +43,7 @@ def test_rows_are_validation_members(samples: pd.DataFrame) -> None:
 
 
 def test_unknown_names_are_data_errors(samples: pd.DataFrame) -> None:
-    with pytest.raises(DataError, match="unknown class.*'horse'.*known classes: bus, car, cat, dog"):
+    with pytest.raises(DataError, match=r"unknown class.*'horse'.*known classes: bus, car, cat, dog"):
         target_rows(parse_target("group:animals=cat,horse"), samples)
     with pytest.raises(DataError, match="no metadata column 'meta_site'"):
         target_rows(parse_target("meta:site=x"), samples)

@@ -45,7 +45,9 @@ def test_per_sample_grads_match_autograd_with_batchnorm() -> None:
 def test_mean_gradient_is_mean_of_per_sample_grads() -> None:
     model, pixels, targets = _model_and_data(1)
     per_sample = torch.stack([_single_grad(model, pixels[i], targets[i]) for i in range(len(targets))])
-    torch.testing.assert_close(mean_gradient(model, pixels, targets, batch_size=3), per_sample.mean(0), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(
+        mean_gradient(model, pixels, targets, batch_size=3), per_sample.mean(0), rtol=1e-4, atol=1e-6
+    )
 
 
 def test_tracin_self_influence_and_harm_match_definition() -> None:
@@ -61,8 +63,14 @@ def test_tracin_self_influence_and_harm_match_definition() -> None:
     train_pixels, train_targets = pixels[:7], targets[:7]
     target_pixels, target_targets = pixels[7:], targets[7:]
     scores = compute_tracin(
-        model, checkpoints, train_pixels, train_targets,
-        target_pixels=target_pixels, target_targets=target_targets, batch_size=3, progress=False,
+        model,
+        checkpoints,
+        train_pixels,
+        train_targets,
+        target_pixels=target_pixels,
+        target_targets=target_targets,
+        batch_size=3,
+        progress=False,
     )
     expected_self = torch.zeros(7, dtype=torch.float64)
     expected_harm = torch.zeros(7, dtype=torch.float64)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ from auditor.cli import main
 from auditor.errors import ModelError
 from auditor.models.user_model import build_user_model, load_user_weights
 
-MODULE = '''
+MODULE = """
 import torch
 from torch import nn
 
@@ -24,11 +25,11 @@ def tiny(num_classes):
 
 def not_a_model():
     return 42
-'''
+"""
 
 
 @pytest.fixture
-def user_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+def user_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     package = tmp_path / "usermodels"
     package.mkdir()
     (package / "__init__.py").write_text("")
@@ -55,7 +56,7 @@ def test_user_model_gets_embed_and_head(user_module: str) -> None:
     model = build_user_model(f"{user_module}:tiny", n_classes=3)
     x = torch.zeros(2, 1, 8, 8)
     assert model(x).shape == (2, 3)
-    assert model.embed(x).shape == (2, 16)  # input of the last Linear layer
+    assert model.embed(x).shape == (2, 16)  # type: ignore[operator]  # input of the last Linear layer
 
 
 def test_bad_factories_are_model_errors(user_module: str) -> None:
@@ -63,7 +64,7 @@ def test_bad_factories_are_model_errors(user_module: str) -> None:
         build_user_model("no_such_pkg.mod:f", n_classes=2)
     with pytest.raises(ModelError, match="no callable"):
         build_user_model(f"{user_module}:missing", n_classes=2)
-    with pytest.raises(ModelError, match="not a torch.nn.Module"):
+    with pytest.raises(ModelError, match=r"not a torch\.nn\.Module"):
         build_user_model(f"{user_module}:not_a_model", n_classes=2)
 
 
@@ -77,7 +78,12 @@ def test_pickled_object_weights_are_refused(user_module: str, tmp_path: Path) ->
 
 def test_audit_with_user_architecture_and_weights(user_module: str, tiny_data: Path, tmp_path: Path) -> None:
     trained = auditor.audit(
-        str(tiny_data), model=f"{user_module}:tiny", out=str(tmp_path / "trained"), epochs=3, checkpoints=2, fiftyone=False
+        str(tiny_data),
+        model=f"{user_module}:tiny",
+        out=str(tmp_path / "trained"),
+        epochs=3,
+        checkpoints=2,
+        fiftyone=False,
     )
     assert trained.samples["self_influence"].notna().all()
     model = build_user_model(f"{user_module}:tiny", n_classes=2)
@@ -91,10 +97,24 @@ def test_audit_with_user_architecture_and_weights(user_module: str, tiny_data: P
     assert given.samples["label_issue_score"].between(0, 1).all()
 
 
-def test_cli_unsafe_weights_exit_2(user_module: str, tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_unsafe_weights_exit_2(
+    user_module: str, tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     evil = tmp_path / "evil.pt"
     evil.write_bytes(pickle.dumps(object()))
-    code = main(["-q", "audit", str(tiny_data), "--model", f"{user_module}:tiny", "--weights", str(evil),
-                 "--out", str(tmp_path / "run"), "--no-fiftyone"])
+    code = main(
+        [
+            "-q",
+            "audit",
+            str(tiny_data),
+            "--model",
+            f"{user_module}:tiny",
+            "--weights",
+            str(evil),
+            "--out",
+            str(tmp_path / "run"),
+            "--no-fiftyone",
+        ]
+    )
     assert code == 2
     assert "not a safe state dict" in capsys.readouterr().err
