@@ -51,11 +51,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     audit = sub.add_parser("audit", help="audit a dataset and write reports/<name>/")
-    audit.add_argument("data", help="dataset folder, CSV manifest, or Omniglot zip")
+    audit.add_argument("data", nargs="?", help="dataset folder, CSV manifest, or Omniglot zip (omit with --fiftyone)")
     audit.add_argument("--format", default="auto", choices=[f for f in FORMATS if f != "demo"], help="layout of DATA")
     audit.add_argument("--metadata", default=None, help="CSV with a filepath column (relative to DATA) to join")
     audit.add_argument("--model", default="auto", help="'auto' (proxy CNN) or 'pkg.module:factory'")
     audit.add_argument("--weights", default=None, help="state dict for --model (loaded with weights_only=True)")
+    audit.add_argument("--fiftyone", metavar="DATASET", default=None, help="audit a FiftyOne dataset, not DATA")
+    audit.add_argument("--label-field", default="ground_truth", help="its Classification field (default ground_truth)")
+    audit.add_argument("--split-field", default=None, help="its string field naming splits (default: split tags)")
+    audit.add_argument("--embeddings-field", default=None, help="its vector field of embeddings for clusters and plot")
     _add_training_options(audit)
 
     demo = sub.add_parser("demo", help="build the planted-problem digits demo and audit it")
@@ -65,7 +69,19 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="re-render the reports of an existing run")
     report.add_argument("run", help="run directory (reports/<name>)")
     _add_gate_commands(sub, audit, demo)
+    _add_fiftyone_commands(sub)
     return parser
+
+
+def _add_fiftyone_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    app = sub.add_parser("app", help="open the FiftyOne App on a run's dataset (Ctrl-C stops it)")
+    app.add_argument("run", help="run directory (reports/<name>)")
+    app.add_argument("--remote", action="store_true", help="serve only; open http://localhost:PORT yourself")
+    app.add_argument("--port", type=int, default=5151, help="App port (default 5151, the port report links use)")
+    fiftyone = sub.add_parser("fiftyone", help="manage what a run wrote to FiftyOne")
+    actions = fiftyone.add_subparsers(dest="fiftyone_command", required=True)
+    remove = actions.add_parser("remove", help="remove a run's fields, tags, saved views and runs from FiftyOne")
+    remove.add_argument("run", help="run directory (reports/<name>)")
 
 
 def _add_gate_commands(
@@ -109,12 +125,18 @@ def _config_from_args(args: argparse.Namespace, *, data: str, data_format: str) 
         overwrite=args.overwrite,
         fiftyone=not args.no_fiftyone,
         rules=getattr(args, "rules", None),
+        fiftyone_dataset=getattr(args, "fiftyone", None),
+        label_field=getattr(args, "label_field", "ground_truth"),
+        split_field=getattr(args, "split_field", None),
+        embeddings_field=getattr(args, "embeddings_field", None),
     )
 
 
 def _run(args: argparse.Namespace) -> int:
     if args.command in ("check", "rules"):
         return _run_gate_command(args)
+    if args.command in ("app", "fiftyone"):
+        return _run_fiftyone_command(args)
     if getattr(args, "rules", None) is not None:  # a bad rule file fails before any training
         from auditor.gate import load_rule_pack
 
@@ -122,7 +144,9 @@ def _run(args: argparse.Namespace) -> int:
     from auditor.pipeline import run_audit
 
     if args.command == "audit":
-        result = run_audit(_config_from_args(args, data=args.data, data_format=args.format))
+        if args.data is None and args.fiftyone is None:
+            raise AuditorError("audit needs DATA (a dataset folder, CSV manifest or zip) or --fiftyone DATASET")
+        result = run_audit(_config_from_args(args, data=args.data or args.fiftyone, data_format=args.format))
     elif args.command == "demo":
         if args.name is None:
             args.name = "demo"
@@ -195,6 +219,24 @@ def _print_gate(outcome: GateOutcome) -> int:
     counts = ", ".join(f"{n} {status}" for status, n in outcome.to_dict()["counts"].items() if n)
     print(f"gate {outcome.verdict} (fails on {outcome.fail_on}): {len(outcome.results)} rules: {counts}")
     return EXIT_GATE_FAILED if outcome.failed else EXIT_OK
+
+
+def _run_fiftyone_command(args: argparse.Namespace) -> int:
+    from auditor.integrations.fiftyone import launch_app, remove_audit
+    from auditor.store import RunStore
+
+    store = RunStore(args.run)
+    if not store.exists():
+        raise AuditorError(f"{Path(args.run)} is not an auditor run directory (no manifest.json)")
+    if args.command == "app":
+        launch_app(store, remote=args.remote, port=args.port)
+        return EXIT_OK
+    from auditor.report.render import run_reports
+
+    record = remove_audit(store)
+    run_reports(store)
+    logger.info("Removed run %s from FiftyOne dataset %r", record["run_key"], record["dataset"])
+    return EXIT_OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,4 +1,5 @@
-"""The audit as a sequence of resumable stages over one run directory: ingest, train, score, analyze, report.
+"""The audit as a sequence of resumable stages over one run directory: ingest, train, score, analyze, report,
+then (unless --no-fiftyone) fiftyone.
 
 Each stage reads what earlier stages wrote through the RunStore and records its completion in the
 manifest, so a rerun resumes at the first unfinished stage. Composition, not inheritance.
@@ -29,6 +30,7 @@ from auditor.schema import (
     LABEL,
     METRICS_FILE,
     RELPATH,
+    SAMPLE_ID,
     SAMPLES_TABLE,
     SPLIT,
     WIDTH,
@@ -37,7 +39,7 @@ from auditor.store import RunStore
 
 logger = logging.getLogger(__name__)
 
-STAGES = ("ingest", "train", "score", "analyze", "report")
+STAGES = ("ingest", "train", "score", "analyze", "report", "fiftyone")
 INGEST_TABLE = "ingest_samples"
 PIXELS_ARRAY = "pixels"
 CLASSES_FILE = "classes.json"
@@ -78,6 +80,8 @@ def data_fingerprint(samples: pd.DataFrame) -> str:
 
 def resolve_config(config: AuditConfig) -> AuditConfig:
     """Make paths absolute (so a resumed run compares equal) and fill demo defaults."""
+    if config.fiftyone_dataset is not None:  # DATA is the dataset's name, not a path
+        return config
     data = str(Path(config.data).expanduser().resolve())
     metadata = str(Path(config.metadata).expanduser().resolve()) if config.metadata else None
     if config.format == "demo" and metadata is None:
@@ -110,6 +114,11 @@ class Auditor:
         if self.config.rules is not None:  # a rule pack judges the run even when resuming a finished one
             self.store.clear_stages_from(["report"])
         self._stage("report", self._report)
+        if self.config.fiftyone:
+            # Always pushed again: the FiftyOne database is outside the run directory, and a push is idempotent.
+            logger.info("Stage fiftyone")
+            self._fiftyone()
+            self.store.mark_stage_done("fiftyone")
         return load_result(self.store)
 
     def _stage(self, name: str, work: Any) -> None:
@@ -131,7 +140,10 @@ class Auditor:
 
             build_demo_dataset(Path(config.data), seed=config.seed)
             config = replace(config, format="imagefolder")
-        samples, errors = load_samples(config, self.store)
+        if config.fiftyone_dataset is not None:
+            samples, errors = self._ingest_fiftyone(config.fiftyone_dataset)
+        else:
+            samples, errors = load_samples(config, self.store)
         self.store.write_table(ERRORS_TABLE, errors)
         self.store.write_table(INGEST_TABLE, samples)
         self.store.update_manifest(
@@ -141,6 +153,23 @@ class Auditor:
             versions=package_versions(),
         )
         logger.info("Ingested %d samples (%d unreadable files recorded)", len(samples), len(errors))
+
+    def _ingest_fiftyone(self, dataset_name: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+        from auditor.integrations.fiftyone import EMBEDDINGS_ARRAY, load_fiftyone_embeddings, load_fiftyone_samples
+
+        config = self.config
+        samples, errors = load_fiftyone_samples(
+            dataset_name,
+            label_field=config.label_field,
+            split_field=config.split_field,
+            embeddings_field=config.embeddings_field,
+            seed=config.seed,
+            val_fraction=config.val_fraction,
+        )
+        if config.embeddings_field is not None:
+            embeddings = load_fiftyone_embeddings(dataset_name, config.embeddings_field, samples[SAMPLE_ID].tolist())
+            self.store.write_array(EMBEDDINGS_ARRAY, embeddings)
+        return samples, errors
 
     def _inputs(self) -> tuple[pd.DataFrame, torch.Tensor, torch.Tensor, list[str]]:
         samples = self.store.read_table(INGEST_TABLE)
@@ -198,10 +227,18 @@ class Auditor:
             run_gate(self.store, self.config.rules)  # writes gate.json, which every report then renders
         run_reports(self.store)
 
+    def _fiftyone(self) -> None:
+        from auditor.integrations.fiftyone import push_audit
+        from auditor.report.render import run_reports
+
+        push_audit(self.store, dataset_name=self.config.fiftyone_dataset)
+        run_reports(self.store)  # again, so each finding links to its saved view
+
 
 def load_result(store: RunStore) -> AuditResult:
     """Read an existing run directory's outputs into an AuditResult."""
-    paths = {name: store.path(name) for name in ("index.html", "audit.json", "summary.md") if store.has(name)}
+    names = ("index.html", "audit.json", "summary.md", "fiftyone.json")
+    paths = {name: store.path(name) for name in names if store.has(name)}
     paths["samples"] = store.path(f"{SAMPLES_TABLE}.parquet")
     return AuditResult(
         run_dir=store.root,
