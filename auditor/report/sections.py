@@ -289,6 +289,8 @@ class FindingsSection(Section):
 
     def build(self, tables: AuditTables) -> dict[str, Any]:
         ordered = sort_findings(tables.findings)
+        app_url = str((tables.manifest.get("fiftyone") or {}).get("app_url") or "")  # written by the FiftyOne push
+        app_url = app_url if app_url.startswith("http://localhost:") else ""
         rows = [
             {
                 "finding_id": _text(f["finding_id"]),
@@ -299,6 +301,7 @@ class FindingsSection(Section):
                 "n_samples": len(f["sample_ids"]),
                 "evidence": format_evidence(f["evidence"]),
                 "fiftyone_view": _text(f["fiftyone_view"]) if f["fiftyone_view"] else None,
+                "fiftyone_url": f"{app_url}?view={f['fiftyone_view']}" if app_url and f["fiftyone_view"] else None,
             }
             for f in ordered[:MAX_FINDINGS]
         ]
