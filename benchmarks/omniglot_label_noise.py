@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import tempfile
 import time
 import zipfile
@@ -29,7 +30,8 @@ from auditor.models.train import TrainSettings, predict, train_model
 
 logger = logging.getLogger("benchmarks.omniglot_label_noise")
 REPO = Path(__file__).resolve().parents[1]
-ZIP = REPO.parent / "shared" / "data" / "omniglot" / "images_background_small1.zip"
+SHARED_DATA = Path(os.environ.get("AUDITOR_SHARED_DATA", REPO.parent / "shared" / "data"))
+ZIP = SHARED_DATA / "omniglot" / "images_background_small1.zip"
 
 
 def _quality(truth: np.ndarray, score: np.ndarray, flags: np.ndarray | None = None) -> dict[str, float]:
