@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
-from auditor.influence.gradients import iter_per_sample_grads, mean_gradient
+from auditor.influence.gradients import GradientMethod, iter_per_sample_grads, mean_gradient
 from auditor.influence.tracin import compute_tracin
 from auditor.models.architectures import Conv4
 from auditor.models.train import Checkpoint, to_float
@@ -31,10 +32,11 @@ def _single_grad(model: nn.Module, pixels: torch.Tensor, target: torch.Tensor) -
     return torch.cat([g.reshape(-1) for g in grads])
 
 
-def test_per_sample_grads_match_autograd_with_batchnorm() -> None:
+@pytest.mark.parametrize("method", ["hooks", "vmap"])
+def test_per_sample_grads_match_autograd_with_batchnorm(method: GradientMethod) -> None:
     model, pixels, targets = _model_and_data()
     rows_seen = 0
-    for rows, flat, _ in iter_per_sample_grads(model, pixels, targets, batch_size=4):
+    for rows, flat, _ in iter_per_sample_grads(model, pixels, targets, batch_size=4, method=method):
         for offset, i in enumerate(range(rows.start, rows.stop)):
             expected = _single_grad(model, pixels[i], targets[i])
             torch.testing.assert_close(flat[offset], expected, rtol=1e-4, atol=1e-6)
