@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from auditor.influence.gradients import GradientMethod, iter_per_sample_grads, mean_gradient
-from auditor.influence.tracin import compute_tracin
+from auditor.influence.tracin import _squared_norms_and_dots, compute_tracin
 from auditor.models.architectures import Conv4
 from auditor.models.train import Checkpoint, to_float
 
@@ -87,3 +87,14 @@ def test_tracin_self_influence_and_harm_match_definition() -> None:
     assert scores.harm is not None
     torch.testing.assert_close(torch.from_numpy(scores.harm), expected_harm, rtol=1e-3, atol=1e-7)
     assert scores.losses.shape == (2, 7)
+
+
+def test_blockwise_float64_reductions_equal_whole_matrix_ones() -> None:
+    generator = torch.Generator().manual_seed(3)
+    flat = torch.randn(5, 1003, generator=generator) * torch.logspace(-4, 1, 1003)
+    direction = torch.randn(1003, generator=generator, dtype=torch.float64)
+    squared_norms, dots = _squared_norms_and_dots(flat, direction, block_bytes=8 * 5 * 97)  # 97 columns a block
+    torch.testing.assert_close(squared_norms, flat.double().pow(2).sum(1), rtol=1e-13, atol=0)
+    assert dots is not None
+    torch.testing.assert_close(dots, flat.double() @ direction, rtol=1e-13, atol=1e-15)
+    assert _squared_norms_and_dots(flat, None)[1] is None
