@@ -66,6 +66,8 @@ def test_exact_duplicates_group_cross_split_and_conflicts() -> None:
     )
     groups = {tuple(g.sample_ids): g for g in find_exact_duplicates(table)}
     assert set(groups) == {("a", "b"), ("c", "d")}
-    assert groups[("a", "b")].cross_split and not groups[("a", "b")].conflicting_labels
+    assert groups[("a", "b")].cross_split
+    assert not groups[("a", "b")].conflicting_labels
     assert groups[("a", "b")].cross_split_pairs == 1
-    assert groups[("c", "d")].conflicting_labels and not groups[("c", "d")].cross_split
+    assert groups[("c", "d")].conflicting_labels
+    assert not groups[("c", "d")].cross_split
