@@ -1,0 +1,85 @@
+"""Near duplicates on images written in code: resized, re-encoded and shifted copies, leakage and label conflicts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+from scipy import ndimage
+
+from auditor.analysis.duplicates import NearDuplicateDetector, group_near_duplicates
+from auditor.analysis.image_properties import load_image_properties
+
+
+def _texture(rng: np.random.Generator, size: int = 64) -> np.ndarray:
+    """A smooth random colour texture: distinct images look alike only by chance."""
+    noise = rng.normal(size=(size, size, 3))
+    return np.clip(128 + 60 * ndimage.gaussian_filter(noise, sigma=(3, 3, 0)) / 0.1, 0, 255).astype(np.uint8)
+
+
+def _write(path: Path, pixels: np.ndarray, **save: object) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path, **save)
+    return str(path)
+
+
+def test_planted_near_duplicates_are_found_with_leakage_and_conflicts(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    originals = [_texture(rng) for _ in range(60)]
+    rows = [
+        {"sample_id": f"o{i:02d}", "filepath": _write(tmp_path / f"o{i:02d}.png", img), "split": "train", "label": "a"}
+        for i, img in enumerate(originals)
+    ]
+    resized = np.asarray(Image.fromarray(originals[0]).resize((40, 40), Image.Resampling.BILINEAR))
+    shifted = np.pad(originals[2], ((2, 0), (2, 0), (0, 0)), mode="edge")[:64, :64]
+    copies = [
+        ("c-resized", resized, {}, "train", "a", 0),
+        ("c-jpeg", originals[1], {"format": "JPEG", "quality": 50}, "val", "a", 1),  # leakage
+        ("c-shift", shifted, {}, "train", "b", 2),  # label conflict
+    ]
+    for name, pixels, save, split, label, _ in copies:
+        suffix = ".jpg" if save else ".png"
+        rows.append(
+            {
+                "sample_id": name,
+                "filepath": _write(tmp_path / f"{name}{suffix}", pixels, **save),
+                "split": split,
+                "label": label,
+            }
+        )
+    samples = pd.DataFrame(rows)
+    samples["content_hash"] = samples["sample_id"]
+    _, descriptors = load_image_properties(samples["filepath"].tolist())
+    detector = NearDuplicateDetector().fit(descriptors, samples["content_hash"].to_numpy())
+    groups = {tuple(g.sample_ids): g for g in group_near_duplicates(samples, detector.pairs_)}
+    assert set(groups) == {("c-resized", "o00"), ("c-jpeg", "o01"), ("c-shift", "o02")}
+    assert groups[("c-jpeg", "o01")].cross_split
+    assert groups[("c-jpeg", "o01")].match == "near"
+    assert groups[("c-shift", "o02")].conflicting_labels
+    assert not groups[("c-shift", "o02")].cross_split
+    assert not groups[("c-resized", "o00")].cross_split
+    assert not groups[("c-resized", "o00")].conflicting_labels
+    assert detector.threshold_ < np.nanmedian(detector.nn_distance_)
+
+
+def test_exact_copies_join_their_near_group_and_flat_images_pair_by_level() -> None:
+    rng = np.random.default_rng(1)
+    base = rng.normal(100, 30, (32, 32)).astype(np.float32)
+    images = [base, base, base + 0.5, *(rng.normal(100, 30, (32, 32)).astype(np.float32) for _ in range(20))]
+    images += [
+        np.full((32, 32), 250.0, dtype=np.float32),
+        np.full((32, 32), 252.0, dtype=np.float32),
+        np.zeros((32, 32), dtype=np.float32),
+    ]
+    descriptors = np.stack(images)
+    hashes = np.array(["h0", "h0", *[f"u{i}" for i in range(len(images) - 2)]], dtype=object)
+    samples = pd.DataFrame(
+        {"sample_id": [f"s{i:02d}" for i in range(len(images))], "content_hash": hashes, "split": "train", "label": "a"}
+    )
+    pairs = NearDuplicateDetector().fit(descriptors, hashes).pairs_
+    groups = [g.sample_ids for g in group_near_duplicates(samples, pairs)]
+    assert ["s00", "s01", "s02"] in groups  # the exact pair s00/s01 and the near copy s02, one group
+    assert ["s23", "s24"] in groups  # two white blanks; the black one is not their duplicate
+    assert len(groups) == 2
