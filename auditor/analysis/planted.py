@@ -40,7 +40,10 @@ def score_planted(planted_path: Path, samples: pd.DataFrame, findings: list[dict
         }
     )
 
-    duplicate_findings = [f for f in findings if f["kind"] in ("duplicate", "leakage")]
+    # The demo plants exact copies: near-duplicate groups (natural look-alikes among the 8x8 digits) are scored apart.
+    duplicate_findings = [
+        f for f in findings if f["kind"] in ("duplicate", "leakage") and f["evidence"].get("match", "exact") == "exact"
+    ]
     pairs = [(id_of.get(d["original"]), id_of.get(d["copy"])) for d in planted.get("duplicates", [])]
     found_pairs = sum(
         any(a in f["sample_ids"] and b in f["sample_ids"] and f["kind"] == "leakage" for f in duplicate_findings)
@@ -61,7 +64,7 @@ def score_planted(planted_path: Path, samples: pd.DataFrame, findings: list[dict
 
     group = planted.get("artifact_group")
     if group:
-        bias_findings = [f for f in findings if f["kind"] in ("slice", "spurious_correlation")]
+        bias_findings = [f for f in findings if f["kind"] == "slice"]
         naming = [f for f in bias_findings if f["evidence"].get("column") == group["column"]]
         problems.append(
             {
@@ -70,7 +73,7 @@ def score_planted(planted_path: Path, samples: pd.DataFrame, findings: list[dict
                 "found": int(bool(naming)),
                 "recall": float(bool(naming)),
                 "precision": _ratio(len(naming), len(bias_findings)),
-                "how": f"slice / spurious-correlation findings naming {group['column']}",
+                "how": f"slice findings naming {group['column']} (precision: share of all slice findings)",
             }
         )
     return {"problems": problems}

@@ -53,6 +53,7 @@ MAX_TEXT = 160
 
 _SEVERITY_RANK = {severity: rank for rank, severity in enumerate(SEVERITIES)}
 _EVIDENCE_PRIORITY = (
+    "slice",
     "column",
     "value",
     "match",
@@ -417,14 +418,294 @@ class ReproducibilitySection(Section):
         }
 
 
+MAX_SLICE_ROWS = 30
+MAX_GROUP_ROWS = 40
+MAX_CLUSTER_CARDS = 15
+MAX_EXEMPLARS = 7
+MAX_ISSUE_THUMBNAILS = 12
+MAX_TARGET_EXAMPLES = 8
+_FLAG_NAMES = {"label_issue": "likely mislabels", "misclassified": "out-of-fold errors", "harmful": "harmful"}
+
+
+class TargetsSection(Section):
+    """Harm rankings of several influence targets side by side: rank correlations and target-specific samples."""
+
+    name: ClassVar[str] = "targets"
+    title: ClassVar[str] = "Influence by target"
+    template: ClassVar[str] = "sections/targets.html.j2"
+
+    def build(self, tables: AuditTables) -> dict[str, Any]:
+        details = tables.analysis.get("targets") or {}
+        targets = details.get("targets") or {}
+        harmful = tables.metric("targets.by_target", {}) or {}
+        target_rows = [
+            {
+                "name": _text(name),
+                "column": _text(column),
+                "n_harmful": to_plain((harmful.get(name) or {}).get("harmful", {}).get("count")),
+            }
+            for name, column in targets.items()
+        ]
+        pairs = [
+            {
+                "first": _text(row.get("first")),
+                "second": _text(row.get("second")),
+                "n": to_plain(row.get("n")),
+                "spearman": to_plain(row.get("spearman")),
+                "ci_low": to_plain(row.get("ci_low")),
+                "ci_high": to_plain(row.get("ci_high")),
+                "top_k": to_plain(row.get("top_k")),
+                "top_overlap": to_plain(row.get("top_overlap")),
+            }
+            for row in details.get("correlations") or []
+        ]
+        wanted = {
+            str(s) for row in details.get("specific") or [] for s in (row.get("sample_ids") or [])[:MAX_TARGET_EXAMPLES]
+        }
+        cards = _cards_by_id(tables, wanted, STRIP_THUMBNAIL_SIZE)
+        specific = [
+            {
+                "target": _text(row.get("target")),
+                "other": _text(row.get("other")),
+                "top_k": to_plain(row.get("top_k")),
+                "n": len(row.get("sample_ids") or []),
+                "members": [cards[s] for s in (row.get("sample_ids") or [])[:MAX_TARGET_EXAMPLES] if s in cards],
+            }
+            for row in details.get("specific") or []
+            if row.get("sample_ids")
+        ]
+        return {"targets": target_rows, "pairs": pairs, "specific": specific}
+
+
+class SlicesSection(Section):
+    """Significant slices, accuracy and loss of every metadata group with intervals, and label-dependent metadata."""
+
+    name: ClassVar[str] = "slices"
+    title: ClassVar[str] = "Slices and groups"
+    template: ClassVar[str] = "sections/slices.html.j2"
+
+    def build(self, tables: AuditTables) -> dict[str, Any]:
+        slices = [f for f in tables.findings if f["kind"] == "slice"]
+        slice_rows = [
+            {
+                "finding_id": _text(f["finding_id"]),
+                "slice": _text(
+                    f["evidence"].get("slice") or f"{f['evidence'].get('column')}={f['evidence'].get('value')}"
+                ),
+                "kind": _text(f["evidence"].get("slice_kind") or "value"),
+                "flag": _text(_FLAG_NAMES.get(str(f["evidence"].get("flag")), f["evidence"].get("flag"))),
+                "n": to_plain(f["evidence"].get("n")),
+                "n_flagged": to_plain(f["evidence"].get("n_flagged")),
+                "rate": to_plain(f["evidence"].get("rate")),
+                "reference_rate": to_plain(f["evidence"].get("reference_rate", f["evidence"].get("rest_rate"))),
+                "lift": to_plain(f["evidence"].get("lift")),
+                "q_value": to_plain(f["evidence"].get("q_value")),
+            }
+            for f in slices[:MAX_SLICE_ROWS]
+        ]
+        groups = [
+            {
+                "column": _text(g.get("column")),
+                "value": _text(g.get("value")),
+                "n": to_plain(g.get("n")),
+                "accuracy": to_plain(g.get("accuracy")),
+                "accuracy_ci": [to_plain(g.get("accuracy_ci_low")), to_plain(g.get("accuracy_ci_high"))],
+                "accuracy_gap": to_plain(g.get("accuracy_gap")),
+                "gap_ci": [to_plain(g.get("accuracy_gap_ci_low")), to_plain(g.get("accuracy_gap_ci_high"))],
+                "loss": to_plain(g.get("loss")),
+                "loss_ci": [to_plain(g.get("loss_ci_low")), to_plain(g.get("loss_ci_high"))],
+                "worse": _is_number(g.get("accuracy_gap_ci_low")) and float(g["accuracy_gap_ci_low"]) > 0,
+            }
+            for g in (tables.analysis.get("groups") or [])[:MAX_GROUP_ROWS]
+        ]
+        spurious = [
+            {
+                "column": _text(c.get("column")),
+                "cramers_v": to_plain(c.get("cramers_v")),
+                "p_value": to_plain(c.get("p_value")),
+                "significant": bool(c.get("significant")),
+                "cells": [
+                    f"{_text(cell.get('value'), limit=40)} ↔ {_text(cell.get('label'), limit=40)}"
+                    for cell in (c.get("over_represented") or [])[:3]
+                ],
+            }
+            for c in tables.analysis.get("spurious_correlations") or []
+        ]
+        return {
+            "slices": slice_rows,
+            "n_slices": len(slices),
+            "n_tested": to_plain((tables.analysis.get("slices") or {}).get("tested")),
+            "groups": groups,
+            "n_groups": len(tables.analysis.get("groups") or []),
+            "spurious": spurious,
+        }
+
+
+class ClustersSection(Section):
+    """Clusters the model underperforms on, and clusters of flagged samples, with exemplar thumbnails."""
+
+    name: ClassVar[str] = "clusters"
+    title: ClassVar[str] = "Clusters"
+    template: ClassVar[str] = "sections/clusters.html.j2"
+
+    def build(self, tables: AuditTables) -> dict[str, Any]:
+        clusters = [f for f in tables.findings if f["kind"] == "cluster"][:MAX_CLUSTER_CARDS]
+        wanted = {str(s) for f in clusters for s in (f["evidence"].get("exemplars") or [])[:MAX_EXEMPLARS]}
+        cards = _cards_by_id(tables, wanted, STRIP_THUMBNAIL_SIZE)
+        shown = []
+        for finding in clusters:
+            evidence = finding["evidence"]
+            metadata = [
+                {
+                    "text": f"{_text(m.get('column'))}={_text(m.get('value'), limit=40)}",
+                    "share": to_plain(m.get("share")),
+                    "overall_share": to_plain(m.get("overall_share")),
+                }
+                for m in (evidence.get("metadata") or [])[:4]
+            ]
+            shown.append(
+                {
+                    "finding_id": _text(finding["finding_id"]),
+                    "title": _text(finding["title"], limit=300),
+                    "severity": finding["severity"],
+                    "space": _text(evidence.get("space")),
+                    "n": to_plain(evidence.get("n")),
+                    "error_rate": to_plain(evidence.get("error_rate")),
+                    "rest_error_rate": to_plain(evidence.get("rest_error_rate")),
+                    "q_value": to_plain(evidence.get("q_value")),
+                    "underperforming": bool(evidence.get("underperforming")),
+                    "classes": [
+                        {"label": _text(c.get("label"), limit=40), "share": to_plain(c.get("share"))}
+                        for c in evidence.get("classes") or []
+                    ],
+                    "predicted": [
+                        {"label": _text(c.get("label"), limit=40), "share": to_plain(c.get("share"))}
+                        for c in evidence.get("predicted") or []
+                    ],
+                    "metadata": metadata,
+                    "exemplars": [cards[s] for s in (evidence.get("exemplars") or [])[:MAX_EXEMPLARS] if s in cards],
+                }
+            )
+        spaces = tables.analysis.get("clusters") or {}
+        return {
+            "clusters": shown,
+            "n_clusters": {str(space): len(rows or []) for space, rows in spaces.items()},
+            "n_underperforming": to_plain(tables.metric("clusters.underperforming.count")),
+        }
+
+
+class DriversSection(Section):
+    """Rank correlations of influence with image properties (with intervals), and the effect of the class."""
+
+    name: ClassVar[str] = "drivers"
+    title: ClassVar[str] = "What drives influence"
+    template: ClassVar[str] = "sections/drivers.html.j2"
+
+    def build(self, tables: AuditTables) -> dict[str, Any]:
+        rows = []
+        for row in tables.analysis.get("drivers") or []:
+            rho, low, high = (to_plain(row.get(k)) for k in ("spearman", "ci_low", "ci_high"))
+            if rho is None:
+                continue
+            low = rho if low is None else low
+            high = rho if high is None else high
+            rows.append(
+                {
+                    "score": _text(row.get("score")),
+                    "property": _text(row.get("property")),
+                    "n": to_plain(row.get("n")),
+                    "spearman": rho,
+                    "ci_low": low,
+                    "ci_high": high,
+                    "within_class": to_plain(row.get("within_class_spearman")),
+                    "within_class_ci": [
+                        to_plain(row.get("within_class_ci_low")),
+                        to_plain(row.get("within_class_ci_high")),
+                    ],
+                    "significant": bool(row.get("significant")),
+                    # positions on a -1..+1 axis, in percent of the bar's width
+                    "bar": {
+                        "left": round((low + 1) * 50, 2),
+                        "width": round(max(high - low, 0.0) * 50, 2),
+                        "point": round((rho + 1) * 50, 2),
+                    },
+                }
+            )
+        effects = [
+            {
+                "score": _text(e.get("score")),
+                "eta_squared": to_plain(e.get("eta_squared")),
+                "p_value": to_plain(e.get("p_value")),
+                "n_classes": to_plain(e.get("n_classes")),
+                "top_classes": [
+                    f"{_text(c.get('label'), limit=40)} ({_format_value(c.get('median'))})"
+                    for c in e.get("top_classes") or []
+                ],
+            }
+            for e in tables.analysis.get("class_effects") or []
+        ]
+        return {"rows": rows, "class_effects": effects}
+
+
+class ImageIssuesSection(Section):
+    """Blank, dark, light, oddly sized and grey-in-colour images, with the rule that flagged them."""
+
+    name: ClassVar[str] = "image_issues"
+    title: ClassVar[str] = "Image properties"
+    template: ClassVar[str] = "sections/image_issues.html.j2"
+
+    def build(self, tables: AuditTables) -> dict[str, Any]:
+        summary = tables.analysis.get("image_issues") or {}
+        findings = {
+            str(f["evidence"].get("issue")): f
+            for f in tables.findings
+            if f["kind"] == "image_issue" and f["evidence"].get("issue")
+        }
+        wanted = {s for f in findings.values() for s in f["sample_ids"][:MAX_ISSUE_THUMBNAILS]}
+        cards = _cards_by_id(tables, wanted, STRIP_THUMBNAIL_SIZE)
+        rows = []
+        for issue, info in summary.items():
+            finding = findings.get(str(issue))
+            members = finding["sample_ids"] if finding else []
+            rows.append(
+                {
+                    "issue": _text(issue),
+                    "title": _text(finding["title"]) if finding else "",
+                    "count": to_plain(info.get("count")) if isinstance(info, Mapping) else None,
+                    "active": bool(info.get("active", True)) if isinstance(info, Mapping) else True,
+                    "rule": _text(info.get("rule"), limit=300) if isinstance(info, Mapping) else "",
+                    "members": [cards[s] for s in members[:MAX_ISSUE_THUMBNAILS] if s in cards],
+                    "n_hidden": max(len(members) - MAX_ISSUE_THUMBNAILS, 0),
+                }
+            )
+        return {"rows": rows, "n_flagged": to_plain(tables.metric("issues.image_issue.flagged"))}
+
+
+def _cards_by_id(tables: AuditTables, sample_ids: set[str], thumbnail_size: int) -> dict[str, dict[str, Any]]:
+    """Sample cards (identity and thumbnail) of `sample_ids` that are in the samples table."""
+    samples = tables.samples
+    chosen = samples[samples[SAMPLE_ID].astype(str).isin(sample_ids)]
+    return {str(row[SAMPLE_ID]): _sample_card(row, thumbnail_size) for row in _records(chosen)}
+
+
+def _is_number(value: Any) -> bool:
+    value = to_plain(value)
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 SECTIONS: tuple[type[Section], ...] = (
     GateSection,
     OverviewSection,
     DemoCheckSection,
     LabelIssuesSection,
     HarmfulSection,
+    TargetsSection,
+    SlicesSection,
+    ClustersSection,
+    DriversSection,
     FindingsSection,
     DuplicatesSection,
+    ImageIssuesSection,
     UnreadableSection,
     MethodologySection,
     ReproducibilitySection,

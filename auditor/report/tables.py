@@ -31,6 +31,8 @@ from auditor.store import RunStore
 logger = logging.getLogger(__name__)
 
 DEMO_CHECK_FILE = "demo_check.json"
+ANALYSIS_FILE = "analysis.json"
+"""Detail tables of the analysis stage (group performance, clusters, drivers, targets) for report sections."""
 
 NOT_EVALUATED = "not_evaluated"
 """Verdict of a run the rule gate has not judged yet."""
@@ -48,6 +50,7 @@ class AuditTables:
     findings: list[dict[str, Any]]
     metrics: dict[str, Any]
     demo_check: dict[str, Any] | None = None
+    analysis: dict[str, Any] = field(default_factory=dict)
     verdict: str = NOT_EVALUATED
     results: list[dict[str, Any]] = field(default_factory=list)
 
@@ -93,6 +96,7 @@ def load_audit_tables(
         raise DataError(f"{store.path(FINDINGS_FILE)} must hold a JSON list of findings; got {type(findings).__name__}")
     metrics = store.read_json(METRICS_FILE) if store.has(METRICS_FILE) else {}
     demo_check = store.read_json(DEMO_CHECK_FILE) if store.has(DEMO_CHECK_FILE) else None
+    analysis = store.read_json(ANALYSIS_FILE) if store.has(ANALYSIS_FILE) else {}
     if verdict == NOT_EVALUATED and results is None and store.has(GATE_FILE):
         gate = store.read_json(GATE_FILE)
         if not isinstance(gate, dict) or not isinstance(gate.get("results"), list) or "verdict" not in gate:
@@ -105,6 +109,7 @@ def load_audit_tables(
         findings=[_normalise_finding(f, i) for i, f in enumerate(findings)],
         metrics=metrics if isinstance(metrics, dict) else {},
         demo_check=demo_check if isinstance(demo_check, dict) else None,
+        analysis=analysis if isinstance(analysis, dict) else {},
         verdict=verdict,
         results=[dict(r) for r in results or ()],
     )
