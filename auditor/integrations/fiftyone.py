@@ -100,6 +100,21 @@ SCORE_FIELDS: dict[str, str] = {
 }
 LABEL_FIELDS: dict[str, str] = {SUGGESTED_LABEL: "audit_suggested_label", PREDICTED_LABEL: "audit_predicted_label"}
 
+_NOT_PUSHED = frozenset(
+    {
+        SAMPLE_ID,
+        FILEPATH,
+        RELPATH,
+        LABEL,
+        "width",
+        "height",
+        "mode",
+        "file_bytes",
+        "content_hash",
+        "brightness",
+        "cluster_id",
+    }
+)
 _BUILTIN_FIELDS = frozenset({"id", "filepath", "tags", "metadata", "created_at", "last_modified_at"})
 _FIX = "set FIFTYONE_DATABASE_DIR to a writable folder, or pass --no-fiftyone"
 
@@ -366,7 +381,9 @@ def push_audit(store: RunStore, *, dataset_name: str | None = None) -> dict[str,
         "created_dataset": created,
         "run_key": run_key,
         "brain_key": None,
-        "fields": sorted({*previous.get("fields", []), *_planned_fields(samples, with_clusters=points is not None)}),
+        "fields": sorted(
+            {*previous.get("fields", []), *_planned_fields(samples, with_clusters=cluster_ids is not None)}
+        ),
         "tags": [],
         "views": {f["finding_id"]: compute_view_name(run_key, str(f["finding_id"])) for f in findings},
         "cluster_view": compute_view_name(run_key, CLUSTER_VIEW_ID),
@@ -392,10 +409,12 @@ def push_audit(store: RunStore, *, dataset_name: str | None = None) -> dict[str,
 
     fields = _write_fields(fo, dataset, samples, to_fo)
     cluster_view = None
-    if cluster_ids is not None and points is not None:
+    if points is not None:
+        record["brain_key"] = _write_visualization(dataset, [to_fo[s] for s in samples[SAMPLE_ID]], points, run_key)
+        record["workspace"] = _save_workspace(fo, dataset, run_key, record["brain_key"])
+    if cluster_ids is not None:
         dataset.set_values(CLUSTER_FIELD, _keyed(to_fo, samples[SAMPLE_ID], cluster_ids.tolist()), key_field="id")
         fields.append(CLUSTER_FIELD)
-        record["brain_key"] = _write_visualization(dataset, [to_fo[s] for s in samples[SAMPLE_ID]], points, run_key)
         order_by = CLUSTER_ORDER_FIELD if CLUSTER_ORDER_FIELD in fields else None
         cluster_view = _save_view(
             dataset,
@@ -403,7 +422,6 @@ def push_audit(store: RunStore, *, dataset_name: str | None = None) -> dict[str,
             dataset.exists(CLUSTER_FIELD).group_by(CLUSTER_FIELD, order_by=order_by),
             f"Audit {run_name}: samples grouped by embedding cluster",
         )
-        record["workspace"] = _save_workspace(fo, dataset, run_key, record["brain_key"])
     tags, views = _write_findings(dataset, run_key, findings, to_fo)
     for finding in findings:
         finding["fiftyone_view"] = views.get(finding["finding_id"])
@@ -425,8 +443,26 @@ def push_audit(store: RunStore, *, dataset_name: str | None = None) -> dict[str,
 
 def _planned_fields(samples: pd.DataFrame, *, with_clusters: bool) -> list[str]:
     """The sample fields a push of `samples` writes."""
-    fields = [field for column, field in {**SCORE_FIELDS, **LABEL_FIELDS}.items() if column in samples.columns]
+    fields = [*_value_fields(samples).values()]
+    fields += [field for column, field in LABEL_FIELDS.items() if column in samples.columns]
     return [*fields, CLUSTER_FIELD] if with_clusters else fields
+
+
+def _value_fields(samples: pd.DataFrame) -> dict[str, str]:
+    """{column: field} of the plain-valued audit columns: those of SCORE_FIELDS, then any scalar column a later
+    stage added (as `audit_<column>`), so new per-sample results reach FiftyOne without a change here.
+
+    Left out: the input (id, path, label, metadata, image properties), the label columns pushed as
+    Classifications, and `cluster_id`, which becomes `audit_cluster`.
+    """
+    fields = {column: field for column, field in SCORE_FIELDS.items() if column in samples.columns}
+    for column in samples.columns:
+        if column in fields or column in _NOT_PUSHED or column in LABEL_FIELDS or column.startswith(META_PREFIX):
+            continue
+        values = samples[column].dropna()
+        if len(values) and all(isinstance(v, str | bool | int | float | np.generic) for v in values):
+            fields[column] = f"{FIELD_PREFIX}{column}"
+    return fields
 
 
 def _ensure_own_dataset(
@@ -508,9 +544,9 @@ def _clear_fields_and_tags(dataset: fo.Dataset, fields: list[str]) -> None:
 
 
 def _write_fields(fo: Any, dataset: fo.Dataset, samples: pd.DataFrame, to_fo: dict[str, str]) -> list[str]:
-    """One bulk `set_values` per per-sample contract column present in `samples`; return the fields written."""
+    """One bulk `set_values` per audit column of `samples` (see `_value_fields`); return the fields written."""
     written = []
-    for column, field in SCORE_FIELDS.items():
+    for column, field in _value_fields(samples).items():
         if column in samples.columns:
             dataset.set_values(
                 field, _keyed(to_fo, samples[SAMPLE_ID], [_plain(v) for v in samples[column]]), key_field="id"
@@ -558,34 +594,30 @@ def _save_view(dataset: fo.Dataset, name: str, view: Any, description: str) -> s
 def _embedding_layout(
     store: RunStore, samples: pd.DataFrame, *, seed: int
 ) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """(cluster id per sample, 2-D PCA points) from the samples' embeddings; (None, None) without embeddings.
+    """(cluster id per sample, 2-D PCA points of the embeddings); either is None when it cannot be had.
 
-    Uses `cluster_id` from the samples table when a clustering stage wrote one; otherwise a seeded KMeans with
-    k = round(sqrt(n / 2)) clusters, between 2 and 20.
+    Clusters: the `cluster_id` column when the analysis wrote one (-1 = in no cluster), else a seeded KMeans
+    over the embeddings with k = round(sqrt(n / 2)) clusters, between 2 and 20. Embeddings: the user's
+    (`--embeddings-field`) if given, else the proxy model's.
     """
+    clusters = samples["cluster_id"].to_numpy(dtype=np.int64) if "cluster_id" in samples.columns else None
     name = EMBEDDINGS_ARRAY if store.has(f"{EMBEDDINGS_ARRAY}.npy") else "embeddings"
-    if not store.has(f"{name}.npy"):
-        logger.warning("FiftyOne: the run has no embeddings; no clusters or embeddings plot")
-        return None, None
-    embeddings = np.asarray(store.read_array(name), dtype=np.float64)
-    if embeddings.ndim != 2 or len(embeddings) != len(samples) or len(samples) < 3:
-        logger.warning(
-            "FiftyOne: embeddings %s do not match the %d samples; no clusters or plot", embeddings.shape, len(samples)
-        )
-        return None, None
+    embeddings = np.asarray(store.read_array(name), dtype=np.float64) if store.has(f"{name}.npy") else None
+    if embeddings is None or embeddings.ndim != 2 or len(embeddings) != len(samples) or len(samples) < 3:
+        shape = None if embeddings is None else embeddings.shape
+        logger.warning("FiftyOne: no embeddings matching the %d samples (%s); no embeddings plot", len(samples), shape)
+        return clusters, None
     from sklearn.cluster import KMeans
     from sklearn.decomposition import PCA
 
-    if "cluster_id" in samples.columns:
-        clusters = samples["cluster_id"].to_numpy()
-    else:
+    if clusters is None:
         k = int(min(MAX_CLUSTERS, len(samples) - 1, max(2, round(math.sqrt(len(samples) / 2)))))
-        clusters = KMeans(n_clusters=k, n_init=4, random_state=seed).fit_predict(embeddings)
+        clusters = KMeans(n_clusters=k, n_init=4, random_state=seed).fit_predict(embeddings).astype(np.int64)
     n_components = min(2, embeddings.shape[1])
     points = PCA(n_components=n_components, svd_solver="full").fit_transform(embeddings)
     if n_components < 2:
         points = np.column_stack([points, np.zeros(len(points))])
-    return clusters.astype(np.int64), points
+    return clusters, points
 
 
 def _save_workspace(fo: Any, dataset: fo.Dataset, run_key: str, brain_key: str) -> str:

@@ -198,7 +198,7 @@ def snapshot(name):
         "workspaces": dataset.list_workspaces(),
         "info": dict(dataset.info),
         "suggested": dict(zip(ids, suggested)),
-        "clusters": dataset.distinct("audit_cluster") if has("audit_cluster") else [],
+        "clusters": dict(zip(ids, dataset.values("audit_cluster"))) if has("audit_cluster") else {},
     }
 """
 
