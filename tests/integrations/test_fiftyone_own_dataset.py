@@ -38,6 +38,7 @@ def folder_run(planted_images: PlantedImages, tmp_path_factory: pytest.TempPathF
     return run_dir, env, outcome
 
 
+@pytest.mark.slow
 def test_import_and_no_fiftyone_audit_never_import_fiftyone(folder_run: tuple[Path, dict, dict]) -> None:
     run_dir, _, outcome = folder_run
     assert outcome["exit"] == 0
