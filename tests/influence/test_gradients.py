@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from auditor.influence.gradients import HookPathError, find_hook_path_blocker, iter_per_sample_grads
+from auditor.influence.gradients import GradientMethod, HookPathError, find_hook_path_blocker, iter_per_sample_grads
 from auditor.models.architectures import Conv4, SmallResNet
 from auditor.models.train import to_float
 
@@ -80,6 +80,9 @@ class _FunctionalUseNet(nn.Module):
         return out
 
 
+_ALL_METHODS: tuple[GradientMethod, ...] = ("auto", "hooks", "vmap")
+
+
 def _mlp() -> nn.Module:
     return nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 3))
 
@@ -115,11 +118,11 @@ def _autograd_grad_and_loss(
     return torch.cat([g.reshape(-1) for g in flat]), loss.item()
 
 
-def _assert_matches_autograd(model: nn.Module, method: str, *, seed: int = 0, batch_size: int = 4) -> None:
+def _assert_matches_autograd(model: nn.Module, method: GradientMethod, *, seed: int = 0, batch_size: int = 4) -> None:
     pixels, targets = _data(seed)
     n_params = sum(p.numel() for p in model.parameters())
     rows_seen = 0
-    for rows, flat, losses in iter_per_sample_grads(model, pixels, targets, batch_size=batch_size, method=method):  # type: ignore[arg-type]
+    for rows, flat, losses in iter_per_sample_grads(model, pixels, targets, batch_size=batch_size, method=method):
         assert flat.shape == (rows.stop - rows.start, n_params)
         for offset, i in enumerate(range(rows.start, rows.stop)):
             expected, expected_loss = _autograd_grad_and_loss(model, pixels[i], targets[i])
@@ -131,23 +134,23 @@ def _assert_matches_autograd(model: nn.Module, method: str, *, seed: int = 0, ba
 
 @pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel lengths:UserWarning")
 @pytest.mark.parametrize("method", ["hooks", "vmap"])
-def test_strided_conv_with_bias_matches_autograd(method: str) -> None:
+def test_strided_conv_with_bias_matches_autograd(method: GradientMethod) -> None:
     _assert_matches_autograd(_with_random_state(_StridedConvNet(), 1), method, seed=1)
 
 
 @pytest.mark.parametrize("method", ["hooks", "vmap"])
-def test_linear_only_mlp_matches_autograd(method: str) -> None:
+def test_linear_only_mlp_matches_autograd(method: GradientMethod) -> None:
     _assert_matches_autograd(_with_random_state(_mlp(), 2), method, seed=2, batch_size=3)
 
 
 @pytest.mark.parametrize("method", ["hooks", "vmap"])
-def test_small_resnet_matches_autograd(method: str) -> None:
+def test_small_resnet_matches_autograd(method: GradientMethod) -> None:
     model = _with_random_state(SmallResNet(1, 3, image_size=8, widths=(4, 8, 8)), 3)
     _assert_matches_autograd(model, method, seed=3)
 
 
 @pytest.mark.parametrize("method", ["hooks", "vmap"])
-def test_linear_on_rows_and_batchnorm1d_match_autograd(method: str) -> None:
+def test_linear_on_rows_and_batchnorm1d_match_autograd(method: GradientMethod) -> None:
     _assert_matches_autograd(_with_random_state(_RowLinearNet(), 4), method, seed=4)
 
 
@@ -164,8 +167,8 @@ def test_auto_and_hooks_agree_with_vmap_on_conv4() -> None:
     model = _with_random_state(Conv4(1, 3, image_size=8, width=8), 6)
     pixels, targets = _data(6, n=9)
     runs = {
-        method: list(iter_per_sample_grads(model, pixels, targets, batch_size=4, method=method))  # type: ignore[arg-type]
-        for method in ("auto", "hooks", "vmap")
+        method: list(iter_per_sample_grads(model, pixels, targets, batch_size=4, method=method))
+        for method in _ALL_METHODS
     }
     for auto, hooks, vmapped in zip(runs["auto"], runs["hooks"], runs["vmap"], strict=True):
         assert auto[0] == hooks[0] == vmapped[0]
