@@ -159,7 +159,8 @@ class _HookGradients:
                 raise HookPathError(f"{name} called by keyword or with gradients disabled")
             if call.inputs._version != call.input_version:
                 raise HookPathError(f"the input of {name} was modified in place after the layer")
-            if call.inputs.dim() < 2 or call.inputs.shape[0] != len(losses):
+            unbatched = call.inputs.dim() != 4 if isinstance(call.module, nn.Conv2d) else call.inputs.dim() < 2
+            if unbatched or call.inputs.shape[0] != len(losses):
                 raise HookPathError(f"{name} called on an input whose first axis is not the batch")
             edges.append(call.output_edge)
             inputs.append(call.inputs.detach())
@@ -314,6 +315,8 @@ def iter_per_sample_grads(
     `find_hook_path_blocker(model)` is None (2-3x faster on CPU) and vmap otherwise, and also drops to
     vmap for the rest of the rows if a batch fails the hook path's graph checks; "hooks" raises instead.
     """
+    if method not in ("auto", "hooks", "vmap"):
+        raise ValueError(f"method must be 'auto', 'hooks' or 'vmap'; got {method!r}")
     model.eval()
     blocker = find_hook_path_blocker(model) if method != "vmap" else "vmap requested"
     if method == "hooks" and blocker is not None:

@@ -227,3 +227,8 @@ def test_parameter_used_outside_its_layer_falls_back_with_a_warning(caplog: pyte
     with caplog.at_level(logging.WARNING, logger="auditor.influence.gradients"):
         _assert_matches_autograd(model, "auto", seed=9)
     assert any("fall back to vmap" in record.getMessage() for record in caplog.records)
+
+
+def test_unknown_method_is_refused() -> None:
+    with pytest.raises(ValueError, match="method must be"):
+        next(iter_per_sample_grads(_mlp(), *_data(0), method="fast"))  # type: ignore[arg-type]
