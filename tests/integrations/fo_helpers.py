@@ -137,7 +137,8 @@ def run_cli(args: list[str], env: dict[str, str], *, timeout: float = 600) -> su
 
 
 def create_fiftyone_dataset(name: str, images: PlantedImages, env: dict[str, str]) -> dict[str, str]:
-    """Create the persistent dataset `name` (ground_truth, split, scanner, an `emb` vector); return {filepath: id}."""
+    """Create the persistent dataset `name` (ground_truth, split, scanner, an `emb` vector, a saved view `my-view`,
+    one sample tagged `reviewed`); return {filepath: id}."""
     rows = json.dumps(images.rows)
     code = f"""
         import json
@@ -159,6 +160,8 @@ def create_fiftyone_dataset(name: str, images: PlantedImages, env: dict[str, str
                 )
             )
         dataset.add_samples(samples, progress=False)
+        dataset.save_view("my-view", dataset.limit(3))  # the user's own view and tag: no audit may touch them
+        dataset.limit(1).tag_samples("reviewed")
         print(json.dumps(dict(zip(dataset.values("filepath"), dataset.values("id")))))
     """
     ids: dict[str, str] = run_python(code, env)

@@ -72,7 +72,8 @@ def test_fields_tags_views_and_run_are_in_the_database(audited_dataset: AuditedD
 
     assert set(snapshot["tag_ids"]["audit:label_issue"]) == flipped_ids
     assert set(snapshot["tag_ids"]["audit:duplicate"]) == duplicate_ids
-    assert all(tag.startswith("audit:") for tag in snapshot["tags"])
+    assert {tag for tag in snapshot["tags"] if not tag.startswith("audit:")} == {"reviewed"}
+    assert "my-view" in snapshot["views"]
 
     findings = audited_dataset.findings()
     views = snapshot["views"]
@@ -232,7 +233,8 @@ def test_remove_cleans_up(audited_dataset: AuditedDataset) -> None:
     assert after["n_samples"] == 24
     assert set(after["fields"]) >= USER_FIELDS
     assert not [f for f in after["fields"] if f.startswith("audit_")]
-    assert not [t for t in after["tags"] if t.startswith("audit:")]
+    assert set(after["tags"]) == {"reviewed"}
+    assert after["views"] == {"my-view": audited_dataset.snapshot["views"]["my-view"]}
     assert not [v for v in after["views"] if v.startswith(VIEW_PREFIX)]
     assert after["runs"] == {}
     assert after["brain_runs"] == []
