@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -98,3 +99,29 @@ def test_blockwise_float64_reductions_equal_whole_matrix_ones() -> None:
     assert dots is not None
     torch.testing.assert_close(dots, flat.double() @ direction, rtol=1e-13, atol=1e-15)
     assert _squared_norms_and_dots(flat, None)[1] is None
+
+
+def test_extra_targets_match_single_target_runs() -> None:
+    model, pixels, targets = _model_and_data(3)
+    checkpoints = [Checkpoint(epoch=1, learning_rate=0.1, state={k: v.clone() for k, v in model.state_dict().items()})]
+    train_pixels, train_targets = pixels[:6], targets[:6]
+    first, second = (pixels[6:8], targets[6:8]), (pixels[8:], targets[8:])
+    combined = compute_tracin(
+        model, checkpoints, train_pixels, train_targets,
+        target_pixels=first[0], target_targets=first[1],
+        extra_targets={"a": first, "b": second}, batch_size=4, progress=False,
+    )  # fmt: skip
+    alone = compute_tracin(
+        model,
+        checkpoints,
+        train_pixels,
+        train_targets,
+        target_pixels=second[0],
+        target_targets=second[1],
+        progress=False,
+    )
+    assert combined.harm is not None
+    assert alone.harm is not None
+    np.testing.assert_allclose(combined.target_harm["a"], combined.harm, rtol=1e-9)
+    np.testing.assert_allclose(combined.target_harm["b"], alone.harm, rtol=1e-6, atol=1e-12)
+    assert set(combined.target_harm) == {"a", "b"}
