@@ -32,7 +32,9 @@ FAIL_ON_CHOICES = ("critical", "warning", "info")
 def _add_training_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=int, default=20, help="training epochs of each proxy model (default 20)")
     parser.add_argument("--seed", type=int, default=0, help="seed of every random choice (default 0)")
-    parser.add_argument("--folds", type=int, default=2, help="cross-fitting folds over all samples; 0 = off (default 2)")
+    parser.add_argument(
+        "--folds", type=int, default=2, help="cross-fitting folds over all samples; 0 = off (default 2)"
+    )
     parser.add_argument("--checkpoints", type=int, default=5, help="checkpoints kept per training (default 5)")
     parser.add_argument("--batch-size", type=int, default=64, help="batch size (default 64)")
     parser.add_argument("--image-size", type=int, default=None, help="proxy input size in pixels (default: by data)")
@@ -40,6 +42,21 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=None, help="run directory (default: reports/<name>)")
     parser.add_argument("--overwrite", action="store_true", help="delete an existing run directory first")
     parser.add_argument("--no-fiftyone", action="store_true", help="do not write the FiftyOne dataset")
+    targets = parser.add_argument_group("influence targets (besides the validation loss; repeatable)")
+    targets.add_argument("--target-group", action="append", default=[], metavar="NAME=CLS,CLS", help="class group")
+    targets.add_argument("--target-class", action="append", default=[], metavar="CLS", help="one class")
+    targets.add_argument("--target-meta", action="append", default=[], metavar="COLUMN=VALUE", help="metadata group")
+    targets.add_argument("--target-sample", action="append", default=[], metavar="ID|RELPATH", help="one image")
+
+
+def _target_specs(args: argparse.Namespace) -> tuple[str, ...]:
+    """The --target-* options as spec strings (see auditor.influence.targets)."""
+    return (
+        *(f"group:{v}" for v in args.target_group),
+        *(f"class:{v}" for v in args.target_class),
+        *(f"meta:{v}" for v in args.target_meta),
+        *(f"sample:{v}" for v in args.target_sample),
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -122,6 +139,7 @@ def _config_from_args(args: argparse.Namespace, *, data: str, data_format: str) 
         checkpoints=args.checkpoints,
         batch_size=args.batch_size,
         image_size=args.image_size,
+        targets=_target_specs(args),
         overwrite=args.overwrite,
         fiftyone=not args.no_fiftyone,
         rules=getattr(args, "rules", None),

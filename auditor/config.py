@@ -42,6 +42,9 @@ class AuditConfig:
     batch_size: int = field(default=64, metadata={"help": "Samples per training / scoring batch."})
     learning_rate: float = field(default=0.01, metadata={"help": "Peak SGD learning rate."})
     image_size: int | None = field(default=None, metadata={"help": "Proxy input size; default by data."})
+    targets: tuple[str, ...] = field(
+        default=(), metadata={"help": "Extra influence targets (auditor.influence.targets spec strings)."}
+    )
     overwrite: bool = field(default=False, metadata={"help": "Delete an existing run directory first."})
     fiftyone: bool = field(default=True, metadata={"help": "Write the FiftyOne dataset."})
     fiftyone_dataset: str | None = field(default=None, metadata={"help": "FiftyOne dataset to audit (not DATA)."})
@@ -73,6 +76,11 @@ class AuditConfig:
         if self.weights is not None and self.model == "auto":
             raise ConfigError("--weights needs --model pkg.module:factory naming the architecture")
         self._validate_fiftyone_source()
+        from auditor.influence.targets import parse_target
+
+        names = [parse_target(spec).column for spec in self.targets]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"two --target-* options share a name: {sorted(names)}; name each group differently")
 
     def _validate_fiftyone_source(self) -> None:
         for option, value in (

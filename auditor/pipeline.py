@@ -44,7 +44,17 @@ INGEST_TABLE = "ingest_samples"
 PIXELS_ARRAY = "pixels"
 CLASSES_FILE = "classes.json"
 DEMO_CHECK_FILE = "demo_check.json"
-_VERSIONED_PACKAGES = ("torch", "torchvision", "numpy", "pandas", "scikit-learn", "scipy", "pyarrow", "jinja2", "fiftyone")
+_VERSIONED_PACKAGES = (
+    "torch",
+    "torchvision",
+    "numpy",
+    "pandas",
+    "scikit-learn",
+    "scipy",
+    "pyarrow",
+    "jinja2",
+    "fiftyone",
+)
 
 
 @dataclass
@@ -192,7 +202,11 @@ class Auditor:
         samples, pixels, targets, classes = self._inputs()
         native = int(np.median(np.minimum(samples[WIDTH], samples[HEIGHT])))
         spec = resolve_model_spec(
-            self.config, native_size=native, channels=pixels.shape[1], image_size=pixels.shape[2], n_classes=len(classes)
+            self.config,
+            native_size=native,
+            channels=pixels.shape[1],
+            image_size=pixels.shape[2],
+            n_classes=len(classes),
         )
         run_training(self.store, self.config, spec, pixels, targets, samples)
 
@@ -203,7 +217,15 @@ class Auditor:
         samples, pixels, targets, _ = self._inputs()
         spec, trained = load_trained(self.store)
         run_scoring(
-            self.store, samples, pixels, targets, spec, trained, batch_size=self.config.batch_size, progress=self.config.progress
+            self.store,
+            samples,
+            pixels,
+            targets,
+            spec,
+            trained,
+            batch_size=self.config.batch_size,
+            progress=self.config.progress,
+            target_specs=self.config.targets,
         )
 
     def _analyze(self) -> None:

@@ -187,3 +187,35 @@ def test_corrupt_image_is_recorded_and_audit_goes_on(planted_folder: tuple[Path,
     assert len(result.samples) == 48
     assert any(f["kind"] == "image_issue" for f in result.findings)
     assert "broken.png" in (tmp_path / "run" / "index.html").read_text()
+
+
+def test_target_groups_add_per_target_harm_columns(planted_folder: tuple[Path, set[str]], tmp_path: Path) -> None:
+    root, _ = planted_folder
+    out = tmp_path / "run"
+    code = main(
+        ["-q", "audit", str(root), "--out", str(out), "--epochs", "3", "--checkpoints", "2", "--no-fiftyone",
+         "--target-group", "bars=a,b", "--target-class", "c"]
+    )  # fmt: skip
+    assert code == 0
+    samples = pd.read_parquet(out / "samples.parquet")
+    train = samples["split"] == "train"
+    for column in ("harm_bars", "harm_class_c"):
+        assert samples.loc[train, column].notna().all()
+        assert samples.loc[~train, column].isna().all()
+    influence = pd.read_parquet(out / "influence.parquet")
+    assert set(influence["target"]) == {"self", "val", "bars", "class_c"}
+    # influence depends on the target: the two rankings are not the same
+    assert not np.array_equal(
+        samples.loc[train, "harm_bars"].rank().to_numpy(), samples.loc[train, "harm_class_c"].rank().to_numpy()
+    )
+    assert main(["-q", "audit", str(root), "--target-group", "bad"]) == 2
+
+
+def test_unknown_target_class_is_exit_2(
+    planted_folder: tuple[Path, set[str]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root, _ = planted_folder
+    code = main(["-q", "audit", str(root), "--out", str(tmp_path / "r"), "--epochs", "1", "--no-fiftyone",
+                 "--target-group", "pets=a,horse"])  # fmt: skip
+    assert code == 2
+    assert "horse" in capsys.readouterr().err

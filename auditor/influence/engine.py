@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from auditor.influence.targets import parse_target, target_rows
 from auditor.influence.tracin import compute_tracin
 from auditor.models.fitting import MAIN_MODEL, ModelSpec, TrainedModel
 from auditor.models.train import predict
@@ -23,6 +24,7 @@ from auditor.store import RunStore
 logger = logging.getLogger(__name__)
 
 SCORES_TABLE = "scores"
+INFLUENCE_TABLE = "influence"
 DYNAMICS_LOSS = "dynamics_loss"
 OOF_LOSS = "oof_loss"
 
@@ -47,8 +49,13 @@ def run_scoring(
     *,
     batch_size: int,
     progress: bool,
+    target_specs: tuple[str, ...] = (),
 ) -> pd.DataFrame:
-    """Score every sample with every model and write the score tables; returns the scores frame."""
+    """Score every sample with every model and write the score tables; returns the scores frame.
+
+    `target_specs` are extra influence targets (spec strings); each adds a `harm_<name>` column, filled for
+    the main model's training rows, and rows in the long `influence` table.
+    """
     n, n_classes = len(samples), spec.n_classes
     splits = samples[SPLIT].to_numpy()
     models = {t.name: t for t in trained}
@@ -68,8 +75,13 @@ def run_scoring(
     probs_oof = np.full((n, n_classes), np.nan)
     harm = np.full(n, np.nan)
 
-    # Main model: harm on the validation loss for the rows it trained on.
+    # Main model: harm on the validation loss (and on each extra target) for the rows it trained on.
     train_rows = main.train_rows
+    extra = {}
+    for spec in target_specs:
+        target = parse_target(spec)
+        rows = target_rows(target, samples)
+        extra[target.column] = (pixels[rows], targets[rows])
     scored = compute_tracin(
         network,
         main.checkpoints,
@@ -77,12 +89,17 @@ def run_scoring(
         targets[train_rows],
         target_pixels=pixels[val_rows] if len(val_rows) else None,
         target_targets=targets[val_rows] if len(val_rows) else None,
+        extra_targets=extra,
         batch_size=batch_size,
         progress=progress,
         desc="tracin main",
     )
     if scored.harm is not None:
         harm[train_rows] = scored.harm
+    target_columns = {}
+    for column, values in scored.target_harm.items():
+        target_columns[column] = np.full(n, np.nan)
+        target_columns[column][train_rows] = values
     if not folds:
         # No cross-fitting: the main model supplies dynamics for every row (in-sample only for train rows).
         full = compute_tracin(
@@ -129,6 +146,7 @@ def run_scoring(
             DYNAMICS_LOSS: dyn_sum / count,
             OOF_LOSS: oof_loss,
             HARM_SCORE: harm,
+            **target_columns,
         }
     )
     store.write_array("probs_main", probs_main.astype(np.float32))
@@ -136,5 +154,19 @@ def run_scoring(
     store.write_array("probs_oof", probs_oof.astype(np.float32))
     store.write_array("embeddings", embeddings.astype(np.float32))
     store.write_table(SCORES_TABLE, scores)
+    store.write_table(INFLUENCE_TABLE, long_influence_table(scores, list(target_columns)))
     logger.info("Scored %d samples with %d model(s)", n, len(trained))
     return scores
+
+
+def long_influence_table(scores: pd.DataFrame, target_columns: list[str]) -> pd.DataFrame:
+    """The `influence` table of ARCHITECTURE section 3: (sample_id, method, target, score), NaNs dropped.
+
+    Targets: `self` (self-influence), `val` (harm on the validation loss) and each extra target's name.
+    """
+    parts = [("self", SELF_INFLUENCE), ("val", HARM_SCORE)] + [(c.removeprefix("harm_"), c) for c in target_columns]
+    frames = [
+        pd.DataFrame({SAMPLE_ID: scores[SAMPLE_ID], "method": "tracin", "target": name, "score": scores[column]})
+        for name, column in parts
+    ]
+    return pd.concat(frames, ignore_index=True).dropna(subset=["score"]).reset_index(drop=True)
