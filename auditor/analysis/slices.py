@@ -1,7 +1,7 @@
 """Metadata slices where flagged samples concentrate, per-group performance, and metadata that tracks the label.
 
-SliceScanner: one-sided Fisher exact tests of the flagged rate in three kinds of slice, with
-Benjamini-Hochberg q-values over every test of one fit:
+SliceScanner: one-sided Fisher exact tests of the flagged rate in three kinds of slice, with weighted
+Benjamini-Hochberg q-values over every test of one fit (pairs weigh a quarter of the others):
   - `value`:    one value of one `meta_*` column, against the rest of the table;
   - `pair`:     two values of two columns, against EACH parent slice (significant only when the pair is
                 worse than both parents, so a bad parent does not make all its pairs significant);
@@ -36,6 +36,10 @@ DEPENDENCE_ALPHA = 0.001
 """Chi-square p-value below which a column counts as label-dependent (spurious scanner, atypical slices)."""
 ATYPICAL_RESIDUAL = -2.0
 """Standardised (Pearson) residual below which a value counts as rare for a class."""
+KIND_WEIGHTS = {"value": 1.0, "atypical": 1.0, "pair": 0.25}
+"""Weights of the slice kinds in the weighted BH procedure: pairs are many and a priori less likely, so each
+gets a quarter of the weight of a single value; the FDR over all tests stays at `alpha`."""
+"""Standardised (Pearson) residual below which a value counts as rare for a class."""
 
 SLICE_COLUMNS = [
     "key",
@@ -55,11 +59,19 @@ SLICE_COLUMNS = [
 ]
 
 
-def benjamini_hochberg(p_values: np.ndarray) -> np.ndarray:
-    """BH-adjusted q-values, same order as `p_values`."""
+def benjamini_hochberg(p_values: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+    """BH-adjusted q-values, same order as `p_values`.
+
+    With `weights` (positive, rescaled here to mean 1), the weighted procedure of Genovese, Roeder &
+    Wasserman (2006): p / w is adjusted instead of p, which keeps the false discovery rate at the nominal
+    level while spending more of it on the hypotheses given more weight.
+    """
     n = len(p_values)
     if n == 0:
         return p_values
+    if weights is not None:
+        weights = np.asarray(weights, dtype=np.float64)
+        p_values = p_values / (weights / weights.mean())
     order = np.argsort(p_values)
     ranked = p_values[order] * n / np.arange(1, n + 1)
     q = np.minimum.accumulate(ranked[::-1])[::-1]
@@ -168,7 +180,8 @@ class SliceScanner:
                     }
                 )
         table = pd.DataFrame(rows, columns=SLICE_COLUMNS)
-        table["q_value"] = benjamini_hochberg(table["p_value"].to_numpy(dtype=float))
+        weights = table["kind"].map(KIND_WEIGHTS).to_numpy(dtype=float)
+        table["q_value"] = benjamini_hochberg(table["p_value"].to_numpy(dtype=float), weights)
         table["significant"] = (
             (table["q_value"] < self.alpha) & (table["lift"] > 1) & (table["rate"] > table["reference_rate"])
         )
