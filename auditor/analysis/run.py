@@ -336,7 +336,7 @@ def build_findings(
     target_findings, target_metrics = _target_findings(table, results)
     findings += target_findings
     for group in results.exact_groups + results.near_groups:
-        findings.append(_duplicate_finding(group, results.near_threshold))
+        findings.append(duplicate_finding(group, results.near_threshold))
     slice_findings = _slice_findings(table, results)
     findings += slice_findings
     correlations = results.correlations
@@ -388,7 +388,7 @@ def build_findings(
     return findings, metrics
 
 
-def _duplicate_finding(group: DuplicateGroup, near_threshold: float | None) -> dict[str, Any]:
+def duplicate_finding(group: DuplicateGroup, near_threshold: float | None) -> dict[str, Any]:
     kind = "leakage" if group.cross_split else "duplicate"
     what = "identical" if group.match == "exact" else "near-identical"
     evidence: dict[str, Any] = {
