@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from auditor.influence import gradients
 from auditor.influence.gradients import GradientMethod, HookPathError, find_hook_path_blocker, iter_per_sample_grads
 from auditor.models.architectures import Conv4, SmallResNet
 from auditor.models.train import to_float
@@ -136,6 +137,16 @@ def _assert_matches_autograd(model: nn.Module, method: GradientMethod, *, seed: 
 @pytest.mark.parametrize("method", ["hooks", "vmap"])
 def test_strided_conv_with_bias_matches_autograd(method: GradientMethod) -> None:
     _assert_matches_autograd(_with_random_state(_StridedConvNet(), 1), method, seed=1)
+
+
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel lengths:UserWarning")
+@pytest.mark.parametrize("route", ["grouped_conv", "im2col_bmm"])
+def test_both_conv_weight_routes_match_autograd(route: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    threshold = 1 if route == "grouped_conv" else 10**9  # output positions from which a conv goes to oneDNN
+    monkeypatch.setattr(gradients, "_GROUPED_CONV_MIN_POSITIONS", threshold)
+    _assert_matches_autograd(_with_random_state(_StridedConvNet(), 10), "hooks", seed=10)
+    resnet = _with_random_state(SmallResNet(1, 3, image_size=8, widths=(4, 8, 8)), 11)
+    _assert_matches_autograd(resnet, "hooks", seed=11)
 
 
 @pytest.mark.parametrize("method", ["hooks", "vmap"])
