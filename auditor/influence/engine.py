@@ -78,8 +78,8 @@ def run_scoring(
     # Main model: harm on the validation loss (and on each extra target) for the rows it trained on.
     train_rows = main.train_rows
     extra = {}
-    for spec in target_specs:
-        target = parse_target(spec)
+    for target_spec in target_specs:
+        target = parse_target(target_spec)
         rows = target_rows(target, samples)
         extra[target.column] = (pixels[rows], targets[rows])
     scored = compute_tracin(
