@@ -49,6 +49,8 @@ def compute_statistics(tables: AuditTables) -> dict[str, Any]:
             "n_harmful": _first(tables.metric("issues.harmful.count"), _count_true(samples, IS_HARMFUL)),
             "n_duplicates": _first(tables.metric("issues.duplicate.count"), _count_true(samples, IS_DUPLICATE)),
             "cross_split_pairs": tables.metric("leakage.cross_split_pairs"),
+            "n_near_duplicates": tables.metric("issues.near_duplicate.count"),
+            "near_cross_split_pairs": tables.metric("leakage.near_cross_split_pairs"),
             "n_significant_slices": _first(
                 tables.metric("slices.significant.count"),
                 sum(f["kind"] == "slice" for f in findings) if findings else None,
@@ -72,11 +74,23 @@ def compute_key_numbers(tables: AuditTables) -> list[dict[str, Any]]:
         _number("n_classes", "Classes", stats["n_classes"], None, "neutral"),
         _number("n_label_issues", "Label issues", stats["n_label_issues"], _percent(label_rate, "of samples"), "warn"),
         _number("n_harmful", "Harmful samples", stats["n_harmful"], None, "warn"),
-        _number("n_duplicates", "Duplicates", stats["n_duplicates"], None, "warn"),
-        _number("cross_split_pairs", "Leakage pairs", stats["cross_split_pairs"], "across splits", "bad"),
+        _number(
+            "n_duplicates", "Duplicates", stats["n_duplicates"], _near(stats["n_near_duplicates"], "exact"), "warn"
+        ),
+        _number(
+            "cross_split_pairs",
+            "Leakage pairs",
+            stats["cross_split_pairs"],
+            _near(stats["near_cross_split_pairs"], "exact, across splits"),
+            "bad",
+        ),
         _number("n_significant_slices", "Biased slices", stats["n_significant_slices"], "significant", "warn"),
         _number("n_errors", "Unreadable files", stats["n_errors"], None, "warn"),
     ]
+    near = {"n_duplicates": stats["n_near_duplicates"], "cross_split_pairs": stats["near_cross_split_pairs"]}
+    for number in numbers:  # near-identical images alone still deserve attention
+        if number["tone"] == "neutral" and isinstance(near.get(number["key"]), int) and near[number["key"]] > 0:
+            number["tone"] = "warn"
     numbers.append(
         {
             "key": "val_accuracy",
@@ -88,6 +102,13 @@ def compute_key_numbers(tables: AuditTables) -> list[dict[str, Any]]:
         }
     )
     return numbers
+
+
+def _near(near_count: Any, exact_detail: str) -> str:
+    """Card detail that keeps near-identical images visible beside the exact count."""
+    if isinstance(near_count, int) and near_count > 0:
+        return f"{exact_detail}; +{near_count:,} near-identical"
+    return exact_detail
 
 
 def _number(key: str, label: str, value: Any, detail: str | None, tone_if_nonzero: str) -> dict[str, Any]:
