@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from auditor import __version__
 from auditor.config import FORMATS, AuditConfig
-from auditor.errors import AuditorError
+from auditor.errors import AuditorError, one_line
 
 if TYPE_CHECKING:
     from datetime import date
@@ -264,7 +264,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _run(args)
     except AuditorError as exc:
-        print(f"auditor: error: {exc}", file=sys.stderr)
+        # one_line: a message may quote a label or path holding a newline or a bidi override from the data
+        print(f"auditor: error: {one_line(str(exc))}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("auditor: interrupted; rerun the same command to resume", file=sys.stderr)

@@ -5,6 +5,27 @@ The CLI turns any AuditorError into one line on stderr and exit code 2; nothing 
 
 from __future__ import annotations
 
+import unicodedata
+
+# Characters that would split one message over several lines, or reorder it on screen (bidi overrides: a label
+# such as '\u202egnp.exe' displays reversed). Other C0/C1 controls are caught by their Unicode category.
+_LINE_AND_BIDI_CONTROLS = frozenset(
+    "\u2028\u2029"  # line and paragraph separators
+    "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"  # bidi marks and overrides
+)
+
+
+def has_control_characters(text: str) -> bool:
+    """True if `text` holds a control, line-separator or bidi-override character (see `one_line`)."""
+    return any(ch in _LINE_AND_BIDI_CONTROLS or unicodedata.category(ch) == "Cc" for ch in text)
+
+
+def one_line(text: str) -> str:
+    """`text` safe to show as one terminal line: those characters written as Python escapes (a newline as \\n)."""
+    return "".join(
+        ascii(ch)[1:-1] if ch in _LINE_AND_BIDI_CONTROLS or unicodedata.category(ch) == "Cc" else ch for ch in text
+    )
+
 
 class AuditorError(Exception):
     """Base class for errors caused by the user's input, configuration or environment."""

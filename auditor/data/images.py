@@ -5,9 +5,11 @@ Decoding problems never raise to the caller of `probe_images`; they come back as
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import logging
+import stat
 import struct
 import warnings
 from dataclasses import dataclass
@@ -17,6 +19,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from auditor.errors import one_line
 from auditor.schema import BRIGHTNESS, CONTENT_HASH, FILE_BYTES, FILEPATH, HEIGHT, MODE, WIDTH
 
 logger = logging.getLogger(__name__)
@@ -26,6 +29,18 @@ IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", 
 # Largest image (in pixels) we agree to decode. Checked from the header before decoding, so a decompression
 # bomb is refused without touching PIL's process-wide Image.MAX_IMAGE_PIXELS (other libraries share it).
 MAX_IMAGE_PIXELS = 64_000_000
+
+# Largest file we agree to read into memory: well above an uncompressed 64-Mpixel RGBA image, far below what a
+# sparse or hostile multi-GB file would cost (read_bytes would allocate all of it before PIL sees a byte).
+MAX_FILE_BYTES = 512 * 1024**2
+
+# Why a file cannot be read, by errno, with the fix to offer; anything else falls back to the OS's own words.
+_OS_ERROR_HINTS: dict[int, str] = {
+    errno.EACCES: "permission denied; make it readable (chmod a+r) or remove it",
+    errno.EPERM: "permission denied; make it readable (chmod a+r) or remove it",
+    errno.ELOOP: "symbolic link loop; point the link at a real file or remove it",
+    errno.EISDIR: "it is a folder, not a file; remove its entry from the manifest",
+}
 
 GRAYSCALE_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
 
@@ -81,14 +96,34 @@ def _open_checked(data: bytes, path: Path) -> Image.Image:
     return image
 
 
+def _read_regular_file(path: Path) -> bytes:
+    """The bytes of `path` if it is a regular file of at most MAX_FILE_BYTES; ImageReadError otherwise.
+
+    Checked with stat first: reading a FIFO would block forever and a device or sparse file could be endless.
+    """
+    try:
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):
+            kind = "a folder" if stat.S_ISDIR(info.st_mode) else "not a regular file (a pipe, socket or device)"
+            raise ImageReadError(f"{path}: {kind}; remove it from the data folder or its entry from the manifest")
+        if info.st_size > MAX_FILE_BYTES:
+            raise ImageReadError(
+                f"{path}: file is {info.st_size:,} bytes, over the {MAX_FILE_BYTES:,}-byte limit for one image; "
+                "downscale or re-encode it, or remove it from the dataset"
+            )
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise ImageReadError(
+            f"{path}: file not found (or a broken link); restore it or remove its entry from the dataset"
+        ) from None
+    except OSError as exc:
+        hint = _OS_ERROR_HINTS.get(exc.errno or 0, f"{exc.strerror or exc}; check the file and its permissions")
+        raise ImageReadError(f"{path}: cannot read file ({hint})") from None
+
+
 def read_image(path: Path) -> tuple[Image.Image, bytes]:
     """Read and fully decode `path`; raise ImageReadError with a one-line reason and fix on any problem."""
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise ImageReadError(f"{path}: file not found; restore it or remove its entry from the dataset") from None
-    except OSError as exc:
-        raise ImageReadError(f"{path}: cannot read file ({exc.strerror or exc}); check its permissions") from None
+    data = _read_regular_file(path)
     if not data:
         raise ImageReadError(f"{path}: file is empty (0 bytes); re-export the image or delete it")
     try:
@@ -170,7 +205,7 @@ def probe_images(filepaths: list[str]) -> tuple[pd.DataFrame, dict[str, str]]:
         try:
             props = probe_image(Path(filepath))
         except ImageReadError as exc:
-            failures[filepath] = str(exc)
+            failures[filepath] = one_line(str(exc))  # the errors table promises one line per file
             logger.debug("unreadable image: %s", exc)
             continue
         rows.append(
