@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from auditor.data.images import is_image_file
-from auditor.data.paths import is_hidden
+from auditor.data.paths import is_hidden, resolve_leniently
 from auditor.data.splits import normalise_split
 from auditor.errors import DataError
 from auditor.schema import FILEPATH, LABEL, RELPATH, SPLIT
@@ -68,7 +68,7 @@ def scan_imagefolder(root: Path) -> pd.DataFrame:
                 loose.append(relpath)
                 continue
             label = parts[0]
-        rows.append({RELPATH: relpath, FILEPATH: str((root / relpath).resolve()), SPLIT: split, LABEL: label})
+        rows.append({RELPATH: relpath, FILEPATH: str(resolve_leniently(root / relpath)), SPLIT: split, LABEL: label})
     if loose:
         logger.warning("%s: ignored %d image(s) not inside a class folder (first: %s)", root, len(loose), loose[0])
     return pd.DataFrame(rows, columns=CANDIDATE_COLUMNS)

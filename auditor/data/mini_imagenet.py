@@ -13,7 +13,7 @@ import pandas as pd
 
 from auditor.data.csvfiles import FIRST_DATA_LINE, read_csv_strings, require_columns
 from auditor.data.imagefolder import CANDIDATE_COLUMNS, list_image_relpaths
-from auditor.data.paths import PathEscapeError, resolve_inside
+from auditor.data.paths import PathEscapeError, resolve_inside, resolve_leniently
 from auditor.errors import DataError
 from auditor.schema import FILEPATH, LABEL, META_PREFIX, RELPATH, SPLIT, SPLITS
 
@@ -31,7 +31,7 @@ def looks_like_mini_imagenet(root: Path) -> bool:
 
 def scan_mini_imagenet(root: Path) -> pd.DataFrame:
     """Candidate rows (relpath 'images/<filename>', filepath, split=None, label, meta_original_split)."""
-    images = (root / IMAGES_FOLDER).resolve()
+    images = resolve_leniently(root / IMAGES_FOLDER)
     if not images.is_dir() or not (root / "train.csv").is_file():
         raise DataError(
             f"{root}: not a mini-ImageNet folder (expected images/ and train.csv[, val.csv, test.csv] with header "

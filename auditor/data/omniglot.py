@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from auditor.data.imagefolder import CANDIDATE_COLUMNS, list_image_relpaths
-from auditor.data.paths import is_hidden, to_posix
+from auditor.data.paths import is_hidden, resolve_leniently, to_posix
 from auditor.errors import DataError
 from auditor.schema import FILEPATH, LABEL, META_PREFIX, RELPATH, SPLIT
 
@@ -63,7 +63,7 @@ def scan_omniglot(root: Path) -> pd.DataFrame:
         rows.append(
             {
                 RELPATH: relpath,
-                FILEPATH: str((root / relpath).resolve()),
+                FILEPATH: str(resolve_leniently(root / relpath)),
                 SPLIT: None,
                 LABEL: f"{alphabet}/{character}",
                 META_ALPHABET: alphabet,

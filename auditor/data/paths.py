@@ -21,6 +21,16 @@ def to_posix(path: str) -> str:
     return prefix + "/".join(parts)
 
 
+def resolve_leniently(path: Path) -> Path:
+    """`path` made absolute with every link followed, if that leads to something; else the absolute link itself.
+
+    Never raises: `Path.resolve()` raises RuntimeError on a symlink loop, and listing a folder must not crash on
+    one bad link. A loop or a broken link keeps the name the user sees, so reading it later reports that name.
+    """
+    real = os.path.realpath(path)
+    return Path(real) if os.path.exists(real) else Path(os.path.abspath(path))
+
+
 def resolve_inside(root: Path, path: str) -> tuple[str, Path]:
     """Return (relpath, absolute path) of `path` (relative to `root`, or absolute) if it lies inside `root`.
 
@@ -33,13 +43,13 @@ def resolve_inside(root: Path, path: str) -> tuple[str, Path]:
     joined = Path(os.path.normpath(root / posix))
     if joined != root and root not in joined.parents:
         raise PathEscapeError(f"{path!r} lies outside {root}")
-    resolved = joined.resolve()
-    if resolved != root and root not in resolved.parents:
+    real = Path(os.path.realpath(joined))  # where a link really points, even a broken one
+    if real != root and root not in real.parents:
         raise PathEscapeError(f"{path!r} resolves (through a link) outside {root}")
     relpath = PurePosixPath(joined.relative_to(root).as_posix()).as_posix()
     if relpath == ".":
         raise PathEscapeError(f"{path!r} names the root folder itself, not a file")
-    return relpath, resolved
+    return relpath, resolve_leniently(joined)
 
 
 def is_hidden(relpath: str) -> bool:
