@@ -21,6 +21,7 @@ import pandas as pd
 import torch
 
 from auditor.config import AuditConfig
+from auditor.data.paths import resolve_leniently
 from auditor.errors import AuditorError
 from auditor.schema import (
     CONTENT_HASH,
@@ -92,8 +93,8 @@ def resolve_config(config: AuditConfig) -> AuditConfig:
     """Make paths absolute (so a resumed run compares equal) and fill demo defaults."""
     if config.fiftyone_dataset is not None:  # DATA is the dataset's name, not a path
         return config
-    data = str(Path(config.data).expanduser().resolve())
-    metadata = str(Path(config.metadata).expanduser().resolve()) if config.metadata else None
+    data = str(resolve_leniently(Path(config.data).expanduser()))  # a link loop is reported by ingest, not raised
+    metadata = str(resolve_leniently(Path(config.metadata).expanduser())) if config.metadata else None
     if config.format == "demo" and metadata is None:
         metadata = str(Path(data) / "metadata.csv")
     return replace(config, data=data, metadata=metadata)
@@ -110,20 +111,26 @@ class Auditor:
         """Run every unfinished stage and return the result."""
         from auditor import __version__
 
-        created = not self.store.exists()
+        if self.config.weights is not None:  # an unsafe or corrupt file fails before the run directory exists
+            from auditor.models.user_model import load_weights_file
+
+            load_weights_file(self.config.weights)
+        created = self.config.overwrite or not self.store.exists()
         self.store.prepare(self.config.result_settings(), overwrite=self.config.overwrite, tool_version=__version__)
         try:
             self._stage("ingest", self._ingest)
+            self._stage("train", self._train)
+            self._stage("score", self._score)
+            self._stage("analyze", self._analyze)
+            if self.config.rules is not None:  # a rule pack judges the run even when resuming a finished one
+                self.store.clear_stages_from(["report"])
+            self._stage("report", self._report)
         except AuditorError:
-            if created:  # never leave a half-made run directory behind for bad input
+            # Bad input (data, model, weights, targets) never leaves a half-made run directory behind; a run
+            # that existed before keeps what it had, so it still resumes.
+            if created:
                 shutil.rmtree(self.store.root, ignore_errors=True)
             raise
-        self._stage("train", self._train)
-        self._stage("score", self._score)
-        self._stage("analyze", self._analyze)
-        if self.config.rules is not None:  # a rule pack judges the run even when resuming a finished one
-            self.store.clear_stages_from(["report"])
-        self._stage("report", self._report)
         if self.config.fiftyone:
             # Always pushed again: the FiftyOne database is outside the run directory, and a push is idempotent.
             logger.info("Stage fiftyone")

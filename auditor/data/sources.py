@@ -21,8 +21,9 @@ from auditor.data.images import probe_images
 from auditor.data.metadata import join_metadata
 from auditor.data.mini_imagenet import scan_mini_imagenet
 from auditor.data.omniglot import extract_zip, scan_omniglot
+from auditor.data.paths import resolve_leniently
 from auditor.data.splits import resolve_splits
-from auditor.errors import DataError
+from auditor.errors import DataError, has_control_characters
 from auditor.schema import (
     BRIGHTNESS,
     CONTENT_HASH,
@@ -68,7 +69,7 @@ def resolve_format(data_path: Path, requested: str) -> str:
 def resolve_metadata_path(config: AuditConfig, data_root: Path) -> Path | None:
     """`--metadata` resolved; for `--format demo` without it, the demo's own metadata.csv if present."""
     if config.metadata:
-        return Path(config.metadata).expanduser().resolve()
+        return resolve_leniently(Path(config.metadata).expanduser())
     if config.format == "demo" and (data_root / DEMO_METADATA_FILE).is_file():
         return data_root / DEMO_METADATA_FILE
     return None
@@ -97,7 +98,11 @@ def scan_source(data_path: Path, layout: str, store: RunStore) -> tuple[pd.DataF
 
 
 def check_class_sizes(samples: pd.DataFrame, source: str) -> None:
-    """DataError naming the class and its file if any class has a single readable image."""
+    """DataError naming the class and its file if any class has a single readable image, or if there is one class.
+
+    One class is refused rather than warned about: every label-issue, harm and slice score would be meaningless,
+    and the usual cause is DATA pointing one folder too deep (at a class, not at the dataset).
+    """
     counts = samples[LABEL].value_counts()
     singles = sorted(counts.index[counts < 2])
     if singles:
@@ -109,7 +114,25 @@ def check_class_sizes(samples: pd.DataFrame, source: str) -> None:
             "least 2 (one for train, one for val): add images to it or remove the class"
         )
     if len(counts) < 2:
-        logger.warning("%s: only one class (%s); a classification audit needs at least two", source, counts.index[0])
+        raise DataError(
+            f"{source}: every readable image has the label {counts.index[0]!r}; a classification audit needs at "
+            "least two classes: point DATA at the folder holding the class folders, or add a class"
+        )
+
+
+def check_labels_printable(candidates: pd.DataFrame, source: str) -> None:
+    """DataError naming the file if a label holds a control, line-break or bidi-override character.
+
+    Labels are shown in terminals, HTML, Markdown and JUnit XML; a line break splits CI log lines and XML 1.0
+    cannot hold most control characters, and a bidi override makes a label display as something else.
+    """
+    bad = candidates[LABEL].astype(str).map(has_control_characters)
+    if bad.any():
+        row = candidates.loc[bad].iloc[0]
+        raise DataError(
+            f"{source}: label {row[LABEL]!r} of {row[RELPATH]!r} contains a control, line-break or bidi-override "
+            f"character ({int(bad.sum())} file(s) affected); rename the class without it"
+        )
 
 
 def load_samples(config: AuditConfig, store: RunStore) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -121,7 +144,7 @@ def load_samples(config: AuditConfig, store: RunStore) -> tuple[pd.DataFrame, pd
     Raises DataError for input the audit cannot use (missing path, unknown layout, bad manifest, a class
     with a single image, no readable images, bad splits).
     """
-    data_path = Path(config.data).expanduser().resolve()
+    data_path = resolve_leniently(Path(config.data).expanduser())
     if not data_path.exists():
         raise DataError(f"data path {config.data!r} ({data_path}) does not exist; check the path")
     layout = resolve_format(data_path, config.format)
@@ -129,6 +152,7 @@ def load_samples(config: AuditConfig, store: RunStore) -> tuple[pd.DataFrame, pd
     candidates, data_root = scan_source(data_path, layout, store)
     if candidates.empty:
         raise DataError(f"{source}: no images found; expected {LAYOUTS_HELP}")
+    check_labels_printable(candidates, source)
     candidates = candidates.sort_values(RELPATH, kind="stable").reset_index(drop=True)
     candidates.insert(0, SAMPLE_ID, candidates[RELPATH].map(compute_sample_id))
     if candidates[SAMPLE_ID].duplicated().any():

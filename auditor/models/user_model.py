@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import logging
+import warnings
 from pathlib import Path
 
 import torch
@@ -64,20 +65,34 @@ def build_user_model(spec: str, *, n_classes: int) -> nn.Module:
     return _LastLinearAdapter(model)
 
 
-def load_user_weights(model: nn.Module, weights: str | Path) -> None:
-    """Load a state dict with `torch.load(weights_only=True)`: a pickled object that would run code is refused."""
+def load_weights_file(weights: str | Path) -> dict[str, torch.Tensor]:
+    """The state dict in `weights`, read with `torch.load(weights_only=True)` so a pickled object that would
+    run code is refused; ModelError naming the file and the fix for a missing, unsafe, corrupt or non-dict file.
+    """
     path = Path(weights)
     if not path.is_file():
-        raise ModelError(f"--weights {path}: no such file")
+        raise ModelError(f"--weights {path}: no such file; pass the path of a torch.save(model.state_dict()) file")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about the pickle protocol before refusing: one line is enough
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for unsafe or corrupt files
         raise ModelError(
             f"--weights {path}: not a safe state dict ({type(exc).__name__}); "
             "save it with torch.save(model.state_dict())"
         ) from exc
     if not isinstance(state, dict):
-        raise ModelError(f"--weights {path}: expected a state dict, got {type(state).__name__}")
+        raise ModelError(
+            f"--weights {path}: expected a state dict, got {type(state).__name__}; "
+            "save it with torch.save(model.state_dict())"
+        )
+    return state
+
+
+def load_user_weights(model: nn.Module, weights: str | Path) -> None:
+    """Load the state dict of `weights` (see `load_weights_file`) into `model`; ModelError if it does not fit."""
+    path = Path(weights)
+    state = load_weights_file(path)
     target = model.model if isinstance(model, _LastLinearAdapter) else model
     try:
         target.load_state_dict(state)
