@@ -36,8 +36,15 @@ def read_csv_strings(path: Path, *, what: str, keys: tuple[str, ...] = ()) -> pd
     if not path.is_file():
         raise DataError(f"{what} {path} does not exist or is not a file; check the path")
     try:
-        frame = pd.read_csv(
-            path, dtype=str, keep_default_na=False, na_filter=False, encoding="utf-8-sig", skipinitialspace=True
+        # header=None: pandas would silently rename a repeated column ('label' -> 'label.1'); we want to refuse it
+        raw = pd.read_csv(
+            path,
+            header=None,
+            dtype=str,
+            keep_default_na=False,
+            na_filter=False,
+            encoding="utf-8-sig",
+            skipinitialspace=True,
         )
     except pd.errors.EmptyDataError:
         raise DataError(f"{what} {path} is empty; it needs a header row and one row per file") from None
@@ -48,6 +55,14 @@ def read_csv_strings(path: Path, *, what: str, keys: tuple[str, ...] = ()) -> pd
         raise DataError(f"{what} {path} is not UTF-8 text; save it as UTF-8 CSV") from None
     except OSError as exc:
         raise DataError(f"{what} {path} cannot be read ({exc.strerror or exc}); check its permissions") from None
+    header = [str(c) for c in raw.iloc[0]]
+    frame = raw.iloc[1:].reset_index(drop=True).fillna("")  # fillna: short rows leave NaN in the missing cells
+    frame.columns = header
+    seen: set[str] = set()
+    for name in header:
+        if name.strip().lower() in seen:
+            raise DataError(f"{what} {path}: the header names column {name.strip()!r} twice; remove or rename one")
+        seen.add(name.strip().lower())
     by_lower = {key.lower(): key for key in keys}
     names = [by_lower.get(str(c).strip().lower(), sanitise_column_name(c)) for c in frame.columns]
     if any(not n for n in names):
@@ -62,9 +77,14 @@ def read_csv_strings(path: Path, *, what: str, keys: tuple[str, ...] = ()) -> pd
     return frame.apply(lambda col: col.str.strip())
 
 
+# Cells that spreadsheets, R and pandas write for "no value". Read as missing so that one 'NA' in a numeric
+# column does not turn the whole column into strings (and its slices into categories).
+MISSING_MARKERS = frozenset({"", "NA", "N/A", "n/a", "#N/A", "<NA>", "NaN", "nan", "-nan", "NULL", "null", "None"})
+
+
 def infer_meta_column(values: pd.Series) -> pd.Series:
-    """Metadata cells as numbers if every non-empty cell is numeric, else strings; empty cells become NaN."""
-    blank = values == ""
+    """Metadata cells as numbers if every non-missing cell is numeric, else strings; MISSING_MARKERS become NaN."""
+    blank = values.isin(MISSING_MARKERS)
     cleaned = values.mask(blank)
     try:
         numeric = pd.to_numeric(cleaned)
