@@ -335,6 +335,16 @@ def check_hostile_paths(run: Path, samples: pd.DataFrame) -> None:
     assert "<b onmouseover=alert(1)>" not in (run / "index.html").read_text(encoding="utf-8")
 
 
+def build_broken_file_with_newline_name(tmp: Path) -> Setup:
+    root = write_classes(tmp / "data")
+    (root / "a" / "bad\nname\u202e.png").write_bytes(b"not an image")
+    return Setup(root)
+
+
+def build_missing_data_path_with_newline(tmp: Path) -> Setup:
+    return Setup(tmp / "in" / "no\nsuch\u202edata")
+
+
 def build_label_newline_csv(tmp: Path) -> Setup:
     root, rows = manifest_dataset(tmp)
     rows[5] = 'img/b/1.png,"b\nsneaky"'
@@ -675,6 +685,18 @@ CASES: tuple[HostileCase, ...] = (
     HostileCase("all-images-unreadable", build_all_unreadable, "error", ("none of the 4 image(s) could be read",)),
     HostileCase("hostile-labels-csv", build_hostile_labels_csv, "ok", check=check_hostile_labels),
     HostileCase("hostile-file-and-folder-names", build_hostile_paths, "ok", check=check_hostile_paths),
+    HostileCase(
+        "broken-file-with-newline-name",
+        build_broken_file_with_newline_name,
+        "skip",
+        skipped={"bad\nname\u202e.png": "bad\\nname\\u202e.png: not a readable image"},
+    ),
+    HostileCase(
+        "missing-data-path-with-newline",
+        build_missing_data_path_with_newline,
+        "error",
+        ("no\\nsuch\\u202edata", "does not exist"),
+    ),
     HostileCase("label-with-newline", build_label_newline_csv, "error", ("'b\\nsneaky'", "img/b/1.png", "rename")),
     HostileCase("label-with-bidi-override", build_label_bidi_override, "error", ("'\\u202eb'", "0.png", "rename")),
     HostileCase("class-folder-with-tab", build_class_folder_control_char, "error", ("'b\\tc'", "rename")),

@@ -37,6 +37,8 @@ a manifest, a model or a rule file ambiguous or unsafe stops it before any run d
 | all-images-unreadable | every file broken | error | nothing left to audit |
 | hostile-labels-csv | <script>, quotes+comma, non-ASCII, Hebrew, 300 chars | ok | kept verbatim, escaped in HTML |
 | hostile-file-and-folder-names | HTML, quotes, newline, bidi, 244-char names, 30 deep | ok | paths are data |
+| broken-file-with-newline-name | unreadable 'bad<LF>name<U+202E>.png' | skip | recorded as one escaped line |
+| missing-data-path-with-newline | DATA 'no<LF>such<U+202E>data', absent | error | printed as one escaped line |
 | label-with-newline | quoted label with a line break (CSV) | error | labels reach CI logs and XML |
 | label-with-bidi-override | class folder starting with U+202E | error | would display as another label |
 | class-folder-with-tab | class folder with a tab | error | control character in a label |
