@@ -118,7 +118,14 @@ def main() -> None:
     summary = {
         "dataset": "omniglot images_background_small1, 10% of images moved to another character",
         "model": f"Conv-4 with BatchNorm, {args.epochs} epochs, same settings for both tools",
-        "command": "python benchmarks/omniglot_label_noise.py " + " ".join(f"--seeds {s}" for s in args.seeds),
+        "command": "python benchmarks/omniglot_label_noise.py --seeds " + " ".join(str(s) for s in args.seeds),
+        "mean": {
+            tool: {
+                key: float(np.mean([run[tool][key] for run in runs]))  # type: ignore[index]
+                for key in ("auroc", "ap", "precision", "recall", "wall_s")
+            }
+            for tool in ("auditor", "cleanlab")
+        },
         "runs": runs,
     }
     Path(args.out).write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n", encoding="utf-8")
