@@ -698,7 +698,14 @@ def _metrics(
             "oof_accuracy": float(1 - misclassified[has_oof].mean()) if has_oof.any() else None,
         },
         "issues": {
-            "label_issue": {"count": n_label_issues, "rate": label_rate},
+            "label_issue": {
+                "count": n_label_issues,
+                "rate": label_rate,
+                # disagreements the reliability gate held back: the model is usually wrong at their confidence
+                "held_back_unreliable": int(
+                    ((table[SUGGESTED_LABEL] != table[LABEL]) & ~table[IS_LABEL_ISSUE].astype(bool)).sum()
+                ),
+            },
             "harmful": {"count": n_harmful, "rate": n_harmful / max(n, 1)},
             "duplicate": {
                 "count": sum(len(g.sample_ids) - 1 for g in results.exact_groups),

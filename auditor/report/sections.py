@@ -245,6 +245,8 @@ class LabelIssuesSection(Section):
             "rate": to_plain(rate if rate is not None else len(flagged) / max(len(samples), 1)),
             "cards": cards,
             "n_hidden": max(len(flagged) - MAX_LABEL_ISSUES, 0),
+            "held_back": to_plain(tables.metric("issues.label_issue.held_back_unreliable")),
+            "oof_accuracy": to_plain(tables.metric("model.oof_accuracy")),
         }
 
 

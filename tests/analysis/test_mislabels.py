@@ -22,7 +22,7 @@ def _planted(n: int = 300, n_classes: int = 4, seed: int = 0) -> tuple[np.ndarra
 
 def test_argmax_rule_finds_planted_flips_and_suggests_truth() -> None:
     probs, given, truth, flipped = _planted()
-    detector = LabelIssueDetector().fit(probs, given)
+    detector = LabelIssueDetector(min_reliability=0.0).fit(probs, given)  # the plain arg-max rule
     found = detector.is_label_issue_
     assert (found & flipped).sum() / flipped.sum() > 0.85
     assert (found & flipped).sum() / found.sum() > 0.6
@@ -30,6 +30,43 @@ def test_argmax_rule_finds_planted_flips_and_suggests_truth() -> None:
     # the score ranks flips first
     order = np.argsort(-detector.label_issue_score_)
     assert flipped[order[: flipped.sum() // 2]].mean() > 0.9
+
+
+def test_reliability_gate_keeps_a_good_models_disagreements() -> None:
+    probs, given, _, flipped = _planted()
+    gated = LabelIssueDetector().fit(probs, given)
+    ungated = LabelIssueDetector(min_reliability=0.0).fit(probs, given)
+    disagree = probs.argmax(1) != given
+    np.testing.assert_array_equal(ungated.is_label_issue_, disagree)
+
+    # 4 classes, a model right ~85% of the time: the gate drops its low-confidence disagreements (where
+    # it is right less than half the time), which raises precision and keeps most planted flips.
+    def precision(flags: np.ndarray) -> float:
+        return float((flags & flipped).sum() / flags.sum())
+
+    assert precision(gated.is_label_issue_) > precision(ungated.is_label_issue_) + 0.05
+    assert (gated.is_label_issue_ & flipped).sum() >= 0.75 * (ungated.is_label_issue_ & flipped).sum()
+    assert gated.n_unreliable_ == int((disagree & ~gated.is_label_issue_).sum())
+
+
+def test_reliability_gate_silences_a_model_that_is_mostly_wrong() -> None:
+    # 100 classes, a model that guesses: it disagrees with almost every (correct) label.
+    rng = np.random.default_rng(0)
+    n, n_classes = 2000, 100
+    given = rng.integers(0, n_classes, n)
+    probs = rng.dirichlet(np.full(n_classes, 0.5), n)
+    # ...except on a confident fifth, where it is right, and a few confident disagreements there: flips.
+    sure = rng.random(n) < 0.2
+    probs[sure] *= 0.05
+    probs[sure, given[sure]] += 0.95
+    flips = np.flatnonzero(sure)[:10]
+    probs[flips] = probs[flips][:, ::-1]
+    detector = LabelIssueDetector().fit(probs, given)
+    disagree = probs.argmax(1) != given
+    assert disagree.sum() > 1400
+    assert detector.is_label_issue_.sum() <= 30
+    assert detector.is_label_issue_[flips].all(), "confident disagreements of a reliable regime stay flagged"
+    assert detector.n_unreliable_ == disagree.sum() - detector.is_label_issue_.sum()
 
 
 def test_confident_learning_rule_is_a_subset_when_probs_are_sharp() -> None:
