@@ -36,6 +36,7 @@ from auditor.analysis.image_properties import (
     load_image_properties,
 )
 from auditor.analysis.mislabels import LabelIssueDetector, combine_label_evidence
+from auditor.analysis.neighbours import compute_nearest_neighbours, describe_neighbours
 from auditor.analysis.slices import GroupPerformance, SliceScanner, SpuriousCorrelationScanner
 from auditor.analysis.targets import TargetComparison, harm_target_columns
 from auditor.influence.engine import SCORES_TABLE
@@ -130,6 +131,7 @@ class AnalysisResults:
     class_effects: pd.DataFrame | None = None
     image_issues: dict[str, dict[str, Any]] = field(default_factory=dict)
     targets: TargetComparison | None = None
+    label_neighbours: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
 
 def score_samples(samples: pd.DataFrame, scores: pd.DataFrame, store: RunStore, classes: list[str]) -> pd.DataFrame:
@@ -245,6 +247,23 @@ def add_clusters(
     return table, described
 
 
+def compute_label_neighbours(table: pd.DataFrame, store: RunStore) -> dict[str, list[dict[str, Any]]]:
+    """Nearest neighbours (embedding space) of each likely mislabel: do they carry its label or the suggested one?"""
+    if not store.has("embeddings.npy"):
+        return {}
+    embeddings = store.read_array("embeddings")
+    if len(embeddings) != len(table):  # embeddings are in samples-table row order; anything else is not ours
+        logger.warning(
+            "embeddings.npy has %d rows for %d samples; label-issue neighbours skipped", len(embeddings), len(table)
+        )
+        return {}
+    rows = np.flatnonzero(table[IS_LABEL_ISSUE].to_numpy(bool))
+    indices, similarities = compute_nearest_neighbours(embeddings, rows)
+    return describe_neighbours(
+        table[SAMPLE_ID].astype(str).to_numpy(), table[LABEL].astype(str).to_numpy(), rows, indices, similarities
+    )
+
+
 def _cluster_column(labels: np.ndarray) -> np.ndarray:
     """Cluster numbers as int64; -1 = in no cluster (HDBSCAN noise, or not clustered), as the FiftyOne push expects."""
     return np.where(np.asarray(labels) >= 0, labels, -1).astype(np.int64)
@@ -276,6 +295,7 @@ def analyse(
         table, results.near_groups, results.near_threshold = add_near_duplicates(table, descriptors)
         if classes is not None:
             table, results.clusters = add_clusters(table, store, classes)
+        results.label_neighbours = compute_label_neighbours(table, store)
         drivers = InfluenceDriverAnalysis(scores=list(DRIVER_SCORES), properties=list(DRIVER_PROPERTIES)).fit(table)
         results.drivers, results.class_effects = drivers.drivers_, drivers.class_effects_
     return table, results
@@ -806,6 +826,7 @@ def build_analysis_details(table: pd.DataFrame, results: AnalysisResults) -> dic
         "drivers": None if results.drivers is None else results.drivers.to_dict(orient="records"),
         "class_effects": None if results.class_effects is None else results.class_effects.to_dict(orient="records"),
         "targets": None,
+        "label_neighbours": results.label_neighbours,
     }
     if results.targets is not None:
         details["targets"] = {
