@@ -1,6 +1,6 @@
-"""Nearest neighbours of chosen samples in embedding space: the visual evidence beside a suspected label error.
-
-Pure numpy on arrays given by the caller (no file I/O); the analysis stage stores the result in analysis.json.
+"""Nearest neighbours (cosine similarity) of chosen samples in a feature space: the look-alikes shown beside a
+suspected label error. Pure numpy on arrays given by the caller (no file I/O); the analysis stage picks
+the features and stores the result in analysis.json.
 """
 
 from __future__ import annotations

@@ -312,8 +312,8 @@ class HarmfulSection(Section):
             for row in _records(ranked.head(MAX_HARMFUL))
         ]
         helpful = [
-            {**_sample_card(row, STRIP_THUMBNAIL_SIZE), "harm_score": to_plain(row[HARM_SCORE])}
-            for row in _records(_rank_helpful(samples, HARM_SCORE).head(MAX_HELPFUL))
+            {**_sample_card(row, STRIP_THUMBNAIL_SIZE), "score": to_plain(row[HARM_SCORE])}
+            for row in _records(_rank_helpful(_training_samples(samples), HARM_SCORE).head(MAX_HELPFUL))
         ]
         finding = next((f for f in tables.findings if f["kind"] == "harmful" and f["finding_id"] == "harmful"), None)
         return {
@@ -324,6 +324,16 @@ class HarmfulSection(Section):
             "helpful": helpful,
             **_finding_link(tables, finding or _first_finding(tables, "harmful")),
         }
+
+
+def _training_samples(samples: pd.DataFrame) -> pd.DataFrame:
+    """The train split (all rows when there is none).
+
+    Held-out samples get harm scores too, but "removing" one changes no training run, and a validation
+    sample's gradient is part of the validation loss it is scored against: it always looks helpful.
+    """
+    train = samples[samples[SPLIT].astype(str) == "train"]
+    return train if len(train) else samples
 
 
 def _rank_helpful(frame: pd.DataFrame, score: str) -> pd.DataFrame:
@@ -555,12 +565,12 @@ class TargetsSection(Section):
 
     @staticmethod
     def _rankings(tables: AuditTables, targets: Mapping[str, Any]) -> list[dict[str, Any]]:
-        """Per target: the most harmful and the most helpful samples by that target's harm column."""
-        samples = tables.samples
+        """Per extra target: the most harmful and the most helpful training samples by its harm column."""
+        samples = _training_samples(tables.samples)
         harmful_findings = {f["finding_id"]: f for f in tables.findings if f["kind"] == "harmful"}
         rankings = []
         for name, column in targets.items():
-            if str(column) not in samples:
+            if name == "val" or str(column) not in samples:  # the validation target has its own section
                 continue
             column = str(column)
             positive = samples[pd.to_numeric(samples[column], errors="coerce") > 0]

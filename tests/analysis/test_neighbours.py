@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 
 from auditor.analysis.neighbours import compute_nearest_neighbours, describe_neighbours
 from auditor.analysis.run import compute_label_neighbours
-from auditor.store import RunStore
 
 
 def _on_circle(degrees: list[float]) -> np.ndarray:
@@ -43,14 +40,13 @@ def test_k_is_capped_by_the_other_rows_and_non_finite_neighbours_are_dropped() -
     assert described == {"a": [{"sample_id": "c", "label": "cat", "similarity": round(float(np.sqrt(0.5)), 4)}]}
 
 
-def test_analysis_lists_neighbours_of_every_flagged_sample(tmp_path: Path) -> None:
-    store = RunStore(tmp_path / "run")
-    store.root.mkdir(parents=True)
-    # three tight groups; s3 is labelled "a" but sits among the "b" samples
-    centres = {"a": [1.0, 0.0, 0.0], "b": [0.0, 1.0, 0.0], "c": [0.0, 0.0, 1.0]}
-    where = ["a", "a", "a", "b", "b", "b", "b", "c", "c", "c"]
+def test_analysis_lists_pixel_neighbours_of_every_flagged_sample() -> None:
+    # 4x4 "images": three patterns; s3 is labelled "a" but looks like the "b" images
+    patterns = {"a": np.eye(4), "b": np.fliplr(np.eye(4)), "c": np.pad(np.ones((2, 2)), 1)}
+    looks = ["a", "a", "a", "b", "b", "b", "b", "c", "c", "c"]
     rng = np.random.default_rng(0)
-    store.write_array("embeddings", (np.array([centres[w] for w in where]) + rng.normal(0, 0.05, (10, 3))))
+    descriptors = np.stack([patterns[w] * 200 + rng.normal(0, 5, (4, 4)) for w in looks])
+    descriptors[9] = np.nan  # an unreadable file is nobody's neighbour
     table = pd.DataFrame(
         {
             "sample_id": [f"s{i}" for i in range(10)],
@@ -58,8 +54,9 @@ def test_analysis_lists_neighbours_of_every_flagged_sample(tmp_path: Path) -> No
             "is_label_issue": [i == 3 for i in range(10)],
         }
     )
-    neighbours = compute_label_neighbours(table, store)
+    neighbours = compute_label_neighbours(table, descriptors)
     assert list(neighbours) == ["s3"]
     assert {n["sample_id"] for n in neighbours["s3"][:3]} == {"s4", "s5", "s6"}
     assert [n["label"] for n in neighbours["s3"][:3]] == ["b", "b", "b"]
-    assert compute_label_neighbours(table.iloc[:9], store) == {}  # rows no longer match the embeddings
+    assert "s9" not in {n["sample_id"] for n in neighbours["s3"]}
+    assert compute_label_neighbours(table.iloc[:9], descriptors) == {}  # rows no longer match the descriptors

@@ -55,15 +55,18 @@ def test_label_issue_cards_show_their_neighbours_marked_by_label(fake_run: FakeR
     assert all(not c["neighbours"] for s, c in cards.items() if s != flagged)
     html = render_html(store)
     assert html.count("data-neighbour-id=") == 3
-    assert "neighbours: 2 of 3 labelled" in html
+    assert "look-alikes: 2 of 3 labelled" in html
 
 
 def test_helpful_samples_are_the_most_negative_harm_scores(fake_run: FakeRun) -> None:
     samples = fake_run.store.read_table("samples")
-    expected = samples[samples["harm_score"] < 0].sort_values(["harm_score", "sample_id"])["sample_id"].head(12)
+    train = samples[(samples["split"] == "train") & (samples["harm_score"] < 0)]
+    expected = train.sort_values(["harm_score", "sample_id"])["sample_id"].head(12)
     helpful = _sections(fake_run)["harmful"]["helpful"]
     assert [c["sample_id"] for c in helpful] == expected.tolist()
     assert len(helpful) == 12
+    assert {c["split"] for c in helpful} == {"train"}  # held-out samples are not candidates for removal
+    assert helpful[0]["score"] == pytest.approx(train["harm_score"].min())
     assert not set(fake_run.harmful_order) & {c["sample_id"] for c in helpful}
     assert "Most helpful samples" in render_html(fake_run.store)
 
@@ -71,18 +74,20 @@ def test_helpful_samples_are_the_most_negative_harm_scores(fake_run: FakeRun) ->
 def test_each_target_gets_its_own_harmful_and_helpful_ranking(fake_run: FakeRun) -> None:
     store = fake_run.store
     samples = store.read_table("samples")
-    # target "night": s010 is the most harmful, then s020; s030 the most helpful; all else neutral
+    # target "night": s010 is the most harmful, then s020; s015 the most helpful; all else neutral
+    # except the test sample s030, which would rank first both ways but is not a training sample
     night = np.zeros(len(samples))
     position = {s: i for i, s in enumerate(samples["sample_id"])}
-    night[position["s010"]], night[position["s020"]], night[position["s030"]] = 0.9, 0.4, -0.7
+    night[position["s010"]], night[position["s020"]], night[position["s015"]] = 0.9, 0.4, -0.7
+    night[position["s030"]] = 5.0
+    night[position["s031"]] = -5.0
     store.write_table("samples", samples.assign(harm_night=night))
     store.write_json("analysis.json", {"targets": {"targets": {"val": "harm_score", "night": "harm_night"}}})
     rankings = {r["name"]: r for r in _sections(fake_run)["targets"]["rankings"]}
-    assert list(rankings) == ["val", "night"]
+    assert list(rankings) == ["night"]  # the validation target is the Harmful samples section
     assert [c["sample_id"] for c in rankings["night"]["harmful"]] == ["s010", "s020"]
-    assert [c["sample_id"] for c in rankings["night"]["helpful"]] == ["s030"]
+    assert [c["sample_id"] for c in rankings["night"]["helpful"]] == ["s015"]
     assert rankings["night"]["harmful"][0]["score"] == pytest.approx(0.9)
-    assert [c["sample_id"] for c in rankings["val"]["harmful"][:5]] == fake_run.harmful_order
 
 
 @pytest.mark.parametrize(
