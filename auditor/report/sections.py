@@ -220,7 +220,11 @@ class DemoCheckSection(Section):
 
 
 class LabelIssuesSection(Section):
-    """Gallery of the samples most likely to be mislabeled, highest `label_issue_score` first."""
+    """Gallery of the samples most likely to be mislabeled, highest `label_issue_score` first, with look-alikes.
+
+    The look-alikes are the analysis stage's `label_neighbours` (analysis.json): pixel-space neighbours,
+    each marked by whether it carries the suggested label, the given one, or another.
+    """
 
     name: ClassVar[str] = "label_issues"
     title: ClassVar[str] = "Suspected label errors"
