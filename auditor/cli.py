@@ -159,6 +159,9 @@ def _run(args: argparse.Namespace) -> int:
         from auditor.gate import load_rule_pack
 
         load_rule_pack(args.rules)
+    if args.command == "report":
+        return _run_report_command(args)
+    # imported here, not at the top: it loads torch (seconds), which re-rendering a report never needs
     from auditor.pipeline import run_audit
 
     if args.command == "audit":
@@ -169,16 +172,6 @@ def _run(args: argparse.Namespace) -> int:
         if args.name is None:
             args.name = "demo"
         result = run_audit(_config_from_args(args, data=args.data_dir, data_format="demo"))
-    elif args.command == "report":
-        from auditor.report.render import run_reports
-        from auditor.store import RunStore
-
-        store = RunStore(args.run)
-        if not store.exists():
-            raise AuditorError(f"{Path(args.run)} is not an auditor run directory (no manifest.json)")
-        for path in run_reports(store).values():
-            logger.info("Wrote %s", path)
-        return EXIT_OK
     else:  # argparse guarantees one of the above
         raise AssertionError(args.command)
     issues = result.metrics["issues"]
@@ -199,6 +192,18 @@ def _run(args: argparse.Namespace) -> int:
     if outcome is None:
         raise AssertionError(f"the report stage wrote no gate outcome in {result.run_dir}")
     return _print_gate(outcome)
+
+
+def _run_report_command(args: argparse.Namespace) -> int:
+    from auditor.report.render import run_reports
+    from auditor.store import RunStore
+
+    store = RunStore(args.run)
+    if not store.exists():
+        raise AuditorError(f"{Path(args.run)} is not an auditor run directory (no manifest.json)")
+    for path in run_reports(store).values():
+        logger.info("Wrote %s", path)
+    return EXIT_OK
 
 
 def _run_gate_command(args: argparse.Namespace) -> int:

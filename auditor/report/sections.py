@@ -9,6 +9,7 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
+from urllib.parse import quote
 
 import pandas as pd
 
@@ -41,6 +42,9 @@ from auditor.schema import (
 
 GALLERY_THUMBNAIL_SIZE = 96
 STRIP_THUMBNAIL_SIZE = 64
+NEIGHBOUR_THUMBNAIL_SIZE = 24
+MAX_NEIGHBOURS = 5
+MAX_HELPFUL = 12
 MAX_LABEL_ISSUES = 60
 MAX_HARMFUL = 30
 MAX_CLASS_ROWS = 40
@@ -216,7 +220,11 @@ class DemoCheckSection(Section):
 
 
 class LabelIssuesSection(Section):
-    """Gallery of the samples most likely to be mislabeled, highest `label_issue_score` first."""
+    """Gallery of the samples most likely to be mislabeled, highest `label_issue_score` first, with look-alikes.
+
+    The look-alikes are the analysis stage's `label_neighbours` (analysis.json): pixel-space neighbours,
+    each marked by whether it carries the suggested label, the given one, or another.
+    """
 
     name: ClassVar[str] = "label_issues"
     title: ClassVar[str] = "Suspected label errors"
@@ -227,17 +235,29 @@ class LabelIssuesSection(Section):
         if LABEL_ISSUE_SCORE not in samples:
             return {"computed": False, "n_flagged": 0, "rate": None, "cards": [], "n_hidden": 0}
         flagged = samples[samples[IS_LABEL_ISSUE].fillna(False).astype(bool)] if IS_LABEL_ISSUE in samples else samples
-        ranked = _rank(flagged, LABEL_ISSUE_SCORE)
-        cards = [
-            {
+        shown = _records(_rank(flagged, LABEL_ISSUE_SCORE).head(MAX_LABEL_ISSUES))
+        neighbours = tables.analysis.get("label_neighbours") or {}
+        wanted = {
+            str(n.get("sample_id"))
+            for row in shown
+            for n in (neighbours.get(str(row[SAMPLE_ID])) or [])[:MAX_NEIGHBOURS]
+            if isinstance(n, Mapping)
+        }
+        neighbour_cards = _cards_by_id(tables, wanted, NEIGHBOUR_THUMBNAIL_SIZE)
+        cards = []
+        for row in shown:
+            card = {
                 **_sample_card(row, GALLERY_THUMBNAIL_SIZE),
                 "suggested_label": _text(row.get(SUGGESTED_LABEL)),
                 "predicted_label": _text(row.get(PREDICTED_LABEL)),
                 "score": to_plain(row[LABEL_ISSUE_SCORE]),
                 "given_label_prob": to_plain(row.get(GIVEN_LABEL_PROB)),
             }
-            for row in _records(ranked.head(MAX_LABEL_ISSUES))
-        ]
+            near = _neighbour_cards(neighbours.get(card["sample_id"]) or [], neighbour_cards, card)
+            card["neighbours"] = near
+            card["n_neighbours_suggested"] = sum(n["agrees"] == "suggested" for n in near)
+            card["n_neighbours_given"] = sum(n["agrees"] == "given" for n in near)
+            cards.append(card)
         rate = tables.metric("issues.label_issue.rate")
         return {
             "computed": True,
@@ -247,7 +267,29 @@ class LabelIssuesSection(Section):
             "n_hidden": max(len(flagged) - MAX_LABEL_ISSUES, 0),
             "held_back": to_plain(tables.metric("issues.label_issue.held_back_unreliable")),
             "oof_accuracy": to_plain(tables.metric("model.oof_accuracy")),
+            "has_neighbours": any(card["neighbours"] for card in cards),
+            **_finding_link(tables, _first_finding(tables, "label_issue")),
         }
+
+
+def _neighbour_cards(
+    neighbours: list[Any], cards: Mapping[str, dict[str, Any]], flagged: Mapping[str, Any]
+) -> list[dict[str, Any]]:
+    """Thumbnails of a flagged sample's nearest neighbours, each marked by whose label it carries."""
+    out = []
+    for neighbour in neighbours[:MAX_NEIGHBOURS]:
+        if not isinstance(neighbour, Mapping) or str(neighbour.get("sample_id")) not in cards:
+            continue
+        card = cards[str(neighbour.get("sample_id"))]
+        agrees = (
+            "suggested"
+            if flagged["suggested_label"] and card["label"] == flagged["suggested_label"]
+            else "given"
+            if card["label"] == flagged["label"]
+            else "other"
+        )
+        out.append({**card, "similarity": to_plain(neighbour.get("similarity")), "agrees": agrees})
+    return out
 
 
 class HarmfulSection(Section):
@@ -275,12 +317,36 @@ class HarmfulSection(Section):
             }
             for row in _records(ranked.head(MAX_HARMFUL))
         ]
+        helpful = [
+            {**_sample_card(row, STRIP_THUMBNAIL_SIZE), "score": to_plain(row[HARM_SCORE])}
+            for row in _records(_rank_helpful(_training_samples(samples), HARM_SCORE).head(MAX_HELPFUL))
+        ]
+        finding = next((f for f in tables.findings if f["kind"] == "harmful" and f["finding_id"] == "harmful"), None)
         return {
             "computed": True,
             "n_flagged": len(candidates),
             "cards": cards,
             "n_hidden": max(len(candidates) - MAX_HARMFUL, 0),
+            "helpful": helpful,
+            **_finding_link(tables, finding or _first_finding(tables, "harmful")),
         }
+
+
+def _training_samples(samples: pd.DataFrame) -> pd.DataFrame:
+    """The train split (all rows when there is none).
+
+    Held-out samples get harm scores too, but "removing" one changes no training run, and a validation
+    sample's gradient is part of the validation loss it is scored against: it always looks helpful.
+    """
+    train = samples[samples[SPLIT].astype(str) == "train"]
+    return train if len(train) else samples
+
+
+def _rank_helpful(frame: pd.DataFrame, score: str) -> pd.DataFrame:
+    """Rows with a negative `score`, lowest (most helpful: removing it is predicted to hurt most) first."""
+    values = pd.to_numeric(frame[score], errors="coerce")
+    helpful = frame[values < 0]
+    return helpful.sort_values([score, SAMPLE_ID], ascending=[True, True], kind="mergesort")
 
 
 class FindingsSection(Section):
@@ -292,8 +358,6 @@ class FindingsSection(Section):
 
     def build(self, tables: AuditTables) -> dict[str, Any]:
         ordered = sort_findings(tables.findings)
-        app_url = str((tables.manifest.get("fiftyone") or {}).get("app_url") or "")  # written by the FiftyOne push
-        app_url = app_url if app_url.startswith("http://localhost:") else ""
         rows = [
             {
                 "finding_id": _text(f["finding_id"]),
@@ -303,8 +367,7 @@ class FindingsSection(Section):
                 "title": _text(f["title"]),
                 "n_samples": len(f["sample_ids"]),
                 "evidence": format_evidence(f["evidence"]),
-                "fiftyone_view": _text(f["fiftyone_view"]) if f["fiftyone_view"] else None,
-                "fiftyone_url": f"{app_url}?view={f['fiftyone_view']}" if app_url and f["fiftyone_view"] else None,
+                **_finding_link(tables, f),
             }
             for f in ordered[:MAX_FINDINGS]
         ]
@@ -316,6 +379,24 @@ class FindingsSection(Section):
             "by_severity": by_severity,
             "by_kind": _counts(pd.Series([f["kind"] for f in tables.findings], dtype=object)),
         }
+
+
+def _first_finding(tables: AuditTables, kind: str) -> dict[str, Any] | None:
+    return next((f for f in tables.findings if f["kind"] == kind), None)
+
+
+def _finding_link(tables: AuditTables, finding: Mapping[str, Any] | None) -> dict[str, str | None]:
+    """`{fiftyone_view, fiftyone_url}` of a finding the FiftyOne push saved a view for (None when there is none).
+
+    The URL is only given for an App on localhost (the address `auditor app` serves): a report must not
+    link to hosts it names itself.
+    """
+    view = finding.get("fiftyone_view") if finding else None
+    if not view:
+        return {"fiftyone_view": None, "fiftyone_url": None}
+    app_url = str((tables.manifest.get("fiftyone") or {}).get("app_url") or "")  # written by the FiftyOne push
+    url = f"{app_url}?view={quote(str(view), safe='')}" if app_url.startswith("http://localhost:") else None
+    return {"fiftyone_view": _text(view), "fiftyone_url": url}
 
 
 class DuplicatesSection(Section):
@@ -345,6 +426,8 @@ class DuplicatesSection(Section):
                     "n_members": group["n_members"],
                     "members": cards,
                     "n_hidden": max(group["n_members"] - len(cards), 0),
+                    "fiftyone_view": group["fiftyone_view"],
+                    "fiftyone_url": group["fiftyone_url"],
                 }
             )
         return {
@@ -438,7 +521,8 @@ class TargetsSection(Section):
 
     def build(self, tables: AuditTables) -> dict[str, Any]:
         details = tables.analysis.get("targets") or {}
-        targets = details.get("targets") or {}
+        # JSON sorts object keys: put the validation target first again, the others by name
+        targets = dict(sorted((details.get("targets") or {}).items(), key=lambda kv: (kv[0] != "val", kv[0])))
         harmful = tables.metric("targets.by_target", {}) or {}
         target_rows = [
             {
@@ -465,6 +549,7 @@ class TargetsSection(Section):
             str(s) for row in details.get("specific") or [] for s in (row.get("sample_ids") or [])[:MAX_TARGET_EXAMPLES]
         }
         cards = _cards_by_id(tables, wanted, STRIP_THUMBNAIL_SIZE)
+        divergence = {f["finding_id"]: f for f in tables.findings if f["kind"] == "target_divergence"}
         specific = [
             {
                 "target": _text(row.get("target")),
@@ -472,11 +557,45 @@ class TargetsSection(Section):
                 "top_k": to_plain(row.get("top_k")),
                 "n": len(row.get("sample_ids") or []),
                 "members": [cards[s] for s in (row.get("sample_ids") or [])[:MAX_TARGET_EXAMPLES] if s in cards],
+                **_finding_link(tables, divergence.get(f"target-specific-{row.get('target')}-vs-{row.get('other')}")),
             }
             for row in details.get("specific") or []
             if row.get("sample_ids")
         ]
-        return {"targets": target_rows, "pairs": pairs, "specific": specific}
+        return {
+            "targets": target_rows,
+            "pairs": pairs,
+            "specific": specific,
+            "rankings": self._rankings(tables, targets) if len(targets) > 1 else [],
+        }
+
+    @staticmethod
+    def _rankings(tables: AuditTables, targets: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """Per extra target: the most harmful and the most helpful training samples by its harm column."""
+        samples = _training_samples(tables.samples)
+        harmful_findings = {f["finding_id"]: f for f in tables.findings if f["kind"] == "harmful"}
+        rankings = []
+        for name, column in targets.items():
+            if name == "val" or str(column) not in samples:  # the validation target has its own section
+                continue
+            column = str(column)
+            positive = samples[pd.to_numeric(samples[column], errors="coerce") > 0]
+            top = _records(_rank(positive, column).head(MAX_TARGET_EXAMPLES))
+            bottom = _records(_rank_helpful(samples, column).head(MAX_TARGET_EXAMPLES))
+            rankings.append(
+                {
+                    "name": _text(name),
+                    "column": _text(column),
+                    "harmful": [
+                        {**_sample_card(row, STRIP_THUMBNAIL_SIZE), "score": to_plain(row[column])} for row in top
+                    ],
+                    "helpful": [
+                        {**_sample_card(row, STRIP_THUMBNAIL_SIZE), "score": to_plain(row[column])} for row in bottom
+                    ],
+                    **_finding_link(tables, harmful_findings.get("harmful" if name == "val" else f"harmful-{name}")),
+                }
+            )
+        return rankings
 
 
 class SlicesSection(Section):
@@ -499,9 +618,11 @@ class SlicesSection(Section):
                 "n": to_plain(f["evidence"].get("n")),
                 "n_flagged": to_plain(f["evidence"].get("n_flagged")),
                 "rate": to_plain(f["evidence"].get("rate")),
+                "rate_ci": wilson_interval(f["evidence"].get("n_flagged"), f["evidence"].get("n")),
                 "reference_rate": to_plain(f["evidence"].get("reference_rate", f["evidence"].get("rest_rate"))),
                 "lift": to_plain(f["evidence"].get("lift")),
                 "q_value": to_plain(f["evidence"].get("q_value")),
+                **_finding_link(tables, f),
             }
             for f in slices[:MAX_SLICE_ROWS]
         ]
@@ -541,6 +662,20 @@ class SlicesSection(Section):
             "n_groups": len(tables.analysis.get("groups") or []),
             "spurious": spurious,
         }
+
+
+def wilson_interval(successes: Any, n: Any, z: float = 1.959964) -> list[float | None]:
+    """95% Wilson score interval of the proportion `successes / n`; `[None, None]` when not computable.
+
+    Wilson rather than the normal approximation: slices are often small and their rates near 0 or 1.
+    """
+    if not (_is_number(successes) and _is_number(n)) or float(n) <= 0 or not 0 <= float(successes) <= float(n):
+        return [None, None]
+    k, total = float(successes), float(n)
+    p = k / total
+    centre = (p + z * z / (2 * total)) / (1 + z * z / total)
+    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / (1 + z * z / total)
+    return [max(centre - half, 0.0), min(centre + half, 1.0)]
 
 
 class ClustersSection(Section):
@@ -586,6 +721,7 @@ class ClustersSection(Section):
                     ],
                     "metadata": metadata,
                     "exemplars": [cards[s] for s in (evidence.get("exemplars") or [])[:MAX_EXEMPLARS] if s in cards],
+                    **_finding_link(tables, finding),
                 }
             )
         spaces = tables.analysis.get("clusters") or {}
@@ -678,6 +814,7 @@ class ImageIssuesSection(Section):
                     "rule": _text(info.get("rule"), limit=300) if isinstance(info, Mapping) else "",
                     "members": [cards[s] for s in members[:MAX_ISSUE_THUMBNAILS] if s in cards],
                     "n_hidden": max(len(members) - MAX_ISSUE_THUMBNAILS, 0),
+                    **_finding_link(tables, finding),
                 }
             )
         return {"rows": rows, "n_flagged": to_plain(tables.metric("issues.image_issue.flagged"))}
@@ -883,6 +1020,7 @@ def _duplicate_groups(tables: AuditTables) -> list[dict[str, Any]]:
                 "conflicting_labels": bool(evidence.get("conflicting_labels", False)),
                 "sample_ids": finding["sample_ids"],
                 "n_members": len(finding["sample_ids"]),
+                **_finding_link(tables, finding),
             }
         )
     if groups or DUPLICATE_GROUP not in tables.samples:
@@ -901,6 +1039,7 @@ def _duplicate_groups(tables: AuditTables) -> list[dict[str, Any]]:
                 "conflicting_labels": members[LABEL].nunique() > 1,
                 "sample_ids": sorted(members[SAMPLE_ID].astype(str)),
                 "n_members": len(members),
+                **_finding_link(tables, None),
             }
         )
     return groups
