@@ -32,6 +32,9 @@ from auditor.influence.objective import LossFn, Objective, cross_entropy_losses
 
 logger = logging.getLogger(__name__)
 
+EXACT_MAX_PARAMS = 10_000
+"""Largest parameter subset the exact solver accepts: its dense Hessian takes P^2 floats (800 MB in float64)."""
+
 IHVPMethod = Literal["exact", "cg", "lissa", "ekfac", "identity"]
 FisherLabels = Literal["expected", "sampled"]
 
@@ -129,6 +132,11 @@ class ExactInverseHVP(InverseHVP):
 
     def __init__(self, objective: Objective, settings: IHVPSettings) -> None:
         super().__init__(objective, settings)
+        if objective.n_params > EXACT_MAX_PARAMS:
+            raise ConfigError(
+                f"exact inverse Hessian of {objective.n_params} parameters needs a dense {objective.n_params}^2 "
+                f"matrix (limit {EXACT_MAX_PARAMS}); use method ekfac, cg or lissa"
+            )
         damped = objective.hessian() + self.damping * torch.eye(
             objective.n_params, dtype=objective.dtype, device=objective.device
         )

@@ -159,3 +159,37 @@ def test_settings_are_validated() -> None:
         IHVPSettings(method="newton")  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="damping"):
         IHVPSettings(method="lissa", damping=0.0)
+
+
+def test_ekfac_is_block_diagonal_across_linear_layers() -> None:
+    model, x, y = _mlp_and_data(3)
+    both = Objective(model, x, y)
+    last = Objective(model, x, y, params=["2.weight", "2.bias"])
+    settings = IHVPSettings(method="ekfac", damping=0.1)
+    torch.manual_seed(0)
+    vector = torch.zeros(both.n_params, dtype=torch.float64)
+    first_layer = 3 * 5 + 5
+    vector[first_layer:] = torch.randn(both.n_params - first_layer, dtype=torch.float64)
+    solved = fit_inverse_hvp(both, settings).solve(vector)
+    torch.testing.assert_close(solved[:first_layer], torch.zeros(first_layer, dtype=torch.float64))
+    torch.testing.assert_close(solved[first_layer:], fit_inverse_hvp(last, settings).solve(vector[first_layer:]))
+
+
+@pytest.mark.parametrize("method", ["exact", "ekfac"])
+def test_head_of_a_conv4_equals_a_linear_model_on_its_embeddings(method: str) -> None:
+    torch.manual_seed(0)
+    model = Conv4(1, 3, image_size=8, width=4).double()
+    model.eval()
+    pixels = torch.randint(0, 256, (12, 1, 8, 8), dtype=torch.uint8)
+    targets = torch.randint(0, 3, (12,))
+    through_network = Objective(
+        model, pixels, targets, params=["head.weight", "head.bias"], prepare=lambda p: to_float(p).double()
+    )
+    with torch.no_grad():
+        features = model.embed(to_float(pixels).double())
+    on_features = Objective(model.head, features, targets)
+    settings = IHVPSettings(method=method, damping=0.05)
+    vectors = torch.randn(on_features.n_params, 2, dtype=torch.float64)
+    torch.testing.assert_close(
+        fit_inverse_hvp(through_network, settings).solve(vectors), fit_inverse_hvp(on_features, settings).solve(vectors)
+    )
