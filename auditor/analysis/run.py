@@ -141,8 +141,9 @@ def score_samples(samples: pd.DataFrame, scores: pd.DataFrame, store: RunStore, 
     probs_in = store.read_array("probs_in").astype(np.float64)
     probs_oof = store.read_array("probs_oof").astype(np.float64)
     probs_main = store.read_array("probs_main").astype(np.float64)
-    evidence = combine_label_evidence(probs_in, None if np.isnan(probs_oof).all() else probs_oof)
-    detector = LabelIssueDetector().fit(evidence, labels)
+    has_oof = not np.isnan(probs_oof).all()
+    evidence = combine_label_evidence(probs_in, probs_oof if has_oof else None)
+    detector = LabelIssueDetector().fit(evidence, labels, held_out=probs_oof if has_oof else None)
     names = np.asarray(classes, dtype=object)
     table[LABEL_ISSUE_SCORE] = detector.label_issue_score_
     table[IS_LABEL_ISSUE] = detector.is_label_issue_
@@ -726,7 +727,7 @@ def _metrics(
             "label_issue": {
                 "count": n_label_issues,
                 "rate": label_rate,
-                # disagreements the reliability gate held back: the model is usually wrong at their confidence
+                # disagreements the reliability gate held back: the model is mostly guessing at their confidence
                 "held_back_unreliable": int(
                     ((table[SUGGESTED_LABEL] != table[LABEL]) & ~table[IS_LABEL_ISSUE].astype(bool)).sum()
                 ),
