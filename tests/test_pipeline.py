@@ -76,6 +76,12 @@ def test_audit_writes_outputs_and_contract(planted_folder: tuple[Path, set[str]]
     assert samples[["loss", "self_influence", "label_issue_score", "harm_score"]].notna().all().all()
     ranked = samples.sort_values("label_issue_score", ascending=False)["relpath"].head(4).tolist()
     assert flipped <= set(ranked), ranked
+    # second opinions on harm (last-layer influence functions, kNN-Shapley): the main model's training rows
+    train = (samples["split"] == "train").to_numpy()
+    for column in ("if_harm", "if_self_influence", "knn_harm"):
+        assert samples.loc[train, column].notna().all(), column
+        assert samples.loc[~train, column].isna().all(), column
+    assert (samples.loc[train, "if_self_influence"] > 0).all()
     audit_json = json.loads((tmp_path / "run" / "audit.json").read_text())
     assert {"verdict", "statistics", "results", "metrics", "manifest"} <= set(audit_json)
     assert audit_json["metrics"]["dataset"]["n_samples"] == 48

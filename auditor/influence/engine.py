@@ -14,6 +14,9 @@ import numpy as np
 import pandas as pd
 import torch
 
+from auditor.influence.ihvp import IHVPSettings
+from auditor.influence.influence_functions import compute_head_influence
+from auditor.influence.knn_shapley import compute_knn_shapley
 from auditor.influence.targets import parse_target, target_rows
 from auditor.influence.tracin import compute_tracin
 from auditor.models.fitting import MAIN_MODEL, ModelSpec, TrainedModel
@@ -135,6 +138,8 @@ def run_scoring(
         network.load_state_dict(fold.checkpoints[-1].state)
         probs_oof[held_out], _ = predict(network, pixels[held_out])
 
+    extra_columns = _second_opinions(network, main, embeddings, targets, train_rows, val_rows, n)
+
     count = np.maximum(self_count, 1)
     probs_in = probs_in_sum / count[:, None]
     oof_loss = -np.log(np.clip(probs_oof[np.arange(n), targets.numpy()], 1e-12, None))
@@ -146,6 +151,7 @@ def run_scoring(
             DYNAMICS_LOSS: dyn_sum / count,
             OOF_LOSS: oof_loss,
             HARM_SCORE: harm,
+            **extra_columns,
             **target_columns,
         }
     )
@@ -157,6 +163,55 @@ def run_scoring(
     store.write_table(INFLUENCE_TABLE, long_influence_table(scores, list(target_columns)))
     logger.info("Scored %d samples with %d model(s)", n, len(trained))
     return scores
+
+
+# Head influence: the dense Hessian of a (features+1) x classes head costs P^2 doubles; above this EK-FAC.
+_EXACT_HEAD_MAX_PARAMS = 3_000
+IF_HARM = "if_harm"
+IF_SELF_INFLUENCE = "if_self_influence"
+KNN_HARM = "knn_harm"
+
+
+def _second_opinions(
+    network: torch.nn.Module,
+    main: TrainedModel,
+    embeddings: np.ndarray,
+    targets: torch.Tensor,
+    train_rows: np.ndarray,
+    val_rows: np.ndarray,
+    n: int,
+) -> dict[str, np.ndarray]:
+    """Two cheaper views of harm on the validation loss for the main model's training rows, beside TracIn.
+
+    `if_harm` / `if_self_influence`: Koh & Liang influence functions on the final linear layer (convex
+    there; exact inverse Hessian for small heads, EK-FAC above _EXACT_HEAD_MAX_PARAMS; LDS on digits 0.96
+    exact, 0.87 EK-FAC, benchmarks/lds_digits.py). `knn_harm`: minus the kNN-Shapley value (Jia et al.
+    2019) of each training row for the validation rows in embedding space. Higher = more harmful, as
+    `harm_score`. Empty when there is no validation split or the model has no `head` Linear layer.
+    """
+    head = getattr(network, "head", None)
+    if not len(val_rows) or not isinstance(head, torch.nn.Linear):
+        return {}
+    network.load_state_dict(main.checkpoints[-1].state)
+    n_params = head.weight.numel() + (head.bias.numel() if head.bias is not None else 0)
+    settings = IHVPSettings(method="exact" if n_params <= _EXACT_HEAD_MAX_PARAMS else "ekfac", damping=0.01)
+    features = torch.from_numpy(embeddings.astype(np.float64))
+    scores = compute_head_influence(
+        head,
+        features[train_rows],
+        targets[train_rows],
+        settings,
+        target=(features[val_rows], targets[val_rows]),
+    )
+    labels = targets.numpy()
+    values = compute_knn_shapley(embeddings[train_rows], labels[train_rows], embeddings[val_rows], labels[val_rows])
+    columns = {IF_HARM: np.full(n, np.nan), IF_SELF_INFLUENCE: np.full(n, np.nan), KNN_HARM: np.full(n, np.nan)}
+    if scores.harm is not None:
+        columns[IF_HARM][train_rows] = scores.harm
+    if scores.self_influence is not None:
+        columns[IF_SELF_INFLUENCE][train_rows] = scores.self_influence
+    columns[KNN_HARM][train_rows] = -values
+    return columns
 
 
 def long_influence_table(scores: pd.DataFrame, target_columns: list[str]) -> pd.DataFrame:
