@@ -1,0 +1,263 @@
+"""Task-level and instance-level influence for meta-learning (after Ren et al., "Evaluating Data Influence in
+Meta Learning", ICLR 2026) and the closed-form model edit that removes tasks without retraining.
+
+Meta-objective L(theta) = mean_t l_t(theta) + (wd/2)||theta||^2 over the T meta-training tasks, with l_t the
+query loss after adaptation (through the inner loop for second-order MAML). H is its Hessian, never formed:
+Hessian-vector products by double backward, solved with damped CG or a Neumann series.
+
+* task-IF: score(t) = -g_val^T (H + lambda I)^-1 (g_t - g_bar), g_t = grad l_t, g_bar = mean_t g_t. Up to the
+  centring (a constant shift that keeps the ranking) this is I(t) = -g_val^T (H + lambda I)^-1 g_t. Sign: removing
+  t from the mean-normalised objective moves theta by +(1/(T-1)) H^-1 (g_t - g_bar), so the validation loss
+  changes by -score(t)/(T-1): higher score = removing the task is predicted to lower the validation loss.
+* instance-IF: each image enters its task through a weight w_i (support: inner loss or prototype; query: outer
+  loss); score(t, i) = -d/dw_i [g_val^T (H + lambda I)^-1 g_t(theta, w)], one extra backward per task.
+* edit: theta_minus = theta + (H_R + lambda I)^-1 (1/(T-k)) sum_{t in R} (g_t - g_bar), H_R the Hessian of the
+  objective over the T-k remaining tasks: one damped Newton step on the retraining objective from theta, assuming
+  theta is stationary for the full objective. For k = 1 and T large this is theta + (1/T) H^-1 g_t (sign plus).
+Cost: one gradient per task, (iterations x HVPs over `hessian_tasks` tasks) per solve, one double backward per
+task for instance scores. Assumes theta is near a minimum; the damping absorbs small negative curvature.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from auditor.errors import ConfigError
+from auditor.fewshot.learners import MetaLearner, TaskBatch
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class InfluenceSettings:
+    """How the inverse-Hessian-vector products are solved."""
+
+    damping: float = field(default=1e-3, metadata={"help": "lambda added to the Hessian's diagonal."})
+    solver: str = field(default="cg", metadata={"help": "cg (conjugate gradients) or neumann (series)."})
+    max_iter: int = field(default=100, metadata={"help": "CG iterations or Neumann terms."})
+    tolerance: float = field(default=1e-10, metadata={"help": "CG stops at this relative residual."})
+    neumann_scale: float = field(default=10.0, metadata={"help": "Neumann: must exceed half the top eigenvalue."})
+    hessian_tasks: int | None = field(default=None, metadata={"help": "Tasks sampled for HVPs (None = all)."})
+    chunk: int = field(default=8, metadata={"help": "Tasks per double-backward pass."})
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.solver not in ("cg", "neumann"):
+            raise ConfigError(f"solver must be 'cg' or 'neumann', got {self.solver!r}")
+        if self.damping < 0 or self.max_iter <= 0 or self.chunk <= 0 or self.neumann_scale <= 0:
+            raise ConfigError("damping must be >= 0; max_iter, chunk and neumann_scale must be positive")
+        if self.hessian_tasks is not None and self.hessian_tasks <= 0:
+            raise ConfigError(f"hessian_tasks must be positive or None, got {self.hessian_tasks}")
+
+
+@dataclass(frozen=True)
+class SolveInfo:
+    """What the linear solve did: iterations used and the final relative residual (CG) or update norm."""
+
+    iterations: int
+    residual: float
+
+
+@dataclass(frozen=True)
+class TaskInfluence:
+    """Task scores (higher = more harmful) and the vectors reused by instance scores and the edit."""
+
+    scores: np.ndarray
+    predicted_val_loss_change: np.ndarray  # -scores / (T - 1): removing task t alone
+    inverse_hvp: torch.Tensor  # (H + lambda I)^-1 g_val
+    mean_gradient: torch.Tensor  # g_bar
+    solve: SolveInfo
+
+
+def task_gradient(learner: MetaLearner, params: torch.Tensor, task: TaskBatch) -> torch.Tensor:
+    """d l_t / d theta (through the adaptation for second-order MAML)."""
+    point = params.detach().requires_grad_(True)
+    (grad,) = torch.autograd.grad(learner.task_loss(point, task), point)
+    return grad
+
+
+def mean_gradient(learner: MetaLearner, params: torch.Tensor, tasks: Sequence[TaskBatch]) -> torch.Tensor:
+    """mean_t d l_t / d theta, accumulated task by task (no [T, P] matrix is kept)."""
+    total = torch.zeros_like(params)
+    for task in tasks:
+        total += task_gradient(learner, params, task)
+    return total / len(tasks)
+
+
+def hessian_vector_product(
+    learner: MetaLearner,
+    params: torch.Tensor,
+    tasks: Sequence[TaskBatch],
+    vector: torch.Tensor,
+    *,
+    weight_decay: float,
+    chunk: int = 8,
+) -> torch.Tensor:
+    """H v for the meta-objective over `tasks` (mean task loss + wd/2 ||theta||^2), by double backward."""
+    out = weight_decay * vector
+    point = params.detach().requires_grad_(True)
+    for start in range(0, len(tasks), chunk):
+        part = tasks[start : start + chunk]
+        loss = torch.stack([learner.task_loss(point, task) for task in part]).sum() / len(tasks)
+        (grad,) = torch.autograd.grad(loss, point, create_graph=True)
+        (hv,) = torch.autograd.grad(grad @ vector, point)
+        out = out + hv
+    return out
+
+
+def solve_damped(
+    apply_hessian: Callable[[torch.Tensor], torch.Tensor], rhs: torch.Tensor, settings: InfluenceSettings
+) -> tuple[torch.Tensor, SolveInfo]:
+    """x = (H + damping I)^-1 rhs with H given by its products; CG stops early on non-positive curvature."""
+
+    def apply(v: torch.Tensor) -> torch.Tensor:
+        return apply_hessian(v) + settings.damping * v
+
+    if settings.solver == "neumann":
+        return _neumann(apply, rhs, settings)
+    x = torch.zeros_like(rhs)
+    residual = rhs.clone()
+    direction = residual.clone()
+    rr = residual @ residual
+    norm_rhs = float(rhs.norm()) or 1.0
+    iterations = 0
+    while iterations < settings.max_iter and float(rr.sqrt()) / norm_rhs >= settings.tolerance:
+        iterations += 1
+        ad = apply(direction)
+        curvature = direction @ ad
+        if curvature <= 0:
+            logger.warning(
+                "CG met non-positive curvature at iteration %d (relative residual %.2e); raise the damping (now %g)",
+                iterations,
+                float(rr.sqrt()) / norm_rhs,
+                settings.damping,
+            )
+            break
+        alpha = rr / curvature
+        x = x + alpha * direction
+        residual = residual - alpha * ad
+        rr_new = residual @ residual
+        direction = residual + (rr_new / rr) * direction
+        rr = rr_new
+    return x, SolveInfo(iterations=iterations, residual=float(rr.sqrt()) / norm_rhs)
+
+
+def _neumann(
+    apply: Callable[[torch.Tensor], torch.Tensor], rhs: torch.Tensor, settings: InfluenceSettings
+) -> tuple[torch.Tensor, SolveInfo]:
+    """A^-1 b = (1/s) sum_k (I - A/s)^k b; converges when the eigenvalues of A lie in (0, 2s)."""
+    scale = settings.neumann_scale
+    x = rhs / scale
+    step = float("nan")
+    for _ in range(settings.max_iter):
+        new = rhs / scale + x - apply(x) / scale
+        step = float((new - x).norm())
+        x = new
+    return x, SolveInfo(iterations=settings.max_iter, residual=step / (float(x.norm()) or 1.0))
+
+
+def _hessian_subset(tasks: Sequence[TaskBatch], settings: InfluenceSettings) -> list[TaskBatch]:
+    """All tasks, or a seeded sample of `hessian_tasks` of them (a stochastic but fixed Hessian estimate)."""
+    if settings.hessian_tasks is None or settings.hessian_tasks >= len(tasks):
+        return list(tasks)
+    picked = np.random.default_rng(settings.seed).choice(len(tasks), size=settings.hessian_tasks, replace=False)
+    return [tasks[i] for i in np.sort(picked)]
+
+
+def compute_task_influence(
+    learner: MetaLearner,
+    params: torch.Tensor,
+    train: Sequence[TaskBatch],
+    val: Sequence[TaskBatch],
+    *,
+    weight_decay: float,
+    settings: InfluenceSettings,
+) -> TaskInfluence:
+    """score(t) = -g_val^T (H + lambda I)^-1 (g_t - g_bar) for every meta-training task (see module docstring)."""
+    if len(train) < 2:
+        raise ConfigError("task influence needs at least two meta-training tasks")
+    val_gradient = mean_gradient(learner, params, val)
+    subset = _hessian_subset(train, settings)
+
+    def apply_hessian(v: torch.Tensor) -> torch.Tensor:
+        return hessian_vector_product(learner, params, subset, v, weight_decay=weight_decay, chunk=settings.chunk)
+
+    inverse_hvp, info = solve_damped(apply_hessian, val_gradient, settings)
+    logger.info("task-IF solve: %d iterations, relative residual %.2e", info.iterations, info.residual)
+    gradients_dot = np.empty(len(train))
+    total = torch.zeros_like(params)
+    for t, task in enumerate(train):
+        grad = task_gradient(learner, params, task)
+        total += grad
+        gradients_dot[t] = float(inverse_hvp @ grad)
+    g_bar = total / len(train)
+    scores = -(gradients_dot - float(inverse_hvp @ g_bar))
+    return TaskInfluence(
+        scores=scores,
+        predicted_val_loss_change=-scores / (len(train) - 1),
+        inverse_hvp=inverse_hvp,
+        mean_gradient=g_bar,
+        solve=info,
+    )
+
+
+def compute_instance_influence(
+    learner: MetaLearner, params: torch.Tensor, train: Sequence[TaskBatch], inverse_hvp: torch.Tensor
+) -> tuple[np.ndarray, np.ndarray]:
+    """(support [T, n_support], query [T, n_query]) scores: -d/dw_i [s^T g_t(theta, w)] at w = 1, s the inverse
+    HVP of the validation gradient. Higher = removing the image from its task is predicted to lower the
+    validation loss. Query scores of a task sum to its uncentred task score."""
+    support_scores = np.zeros((len(train), len(train[0].support_y)))
+    query_scores = np.zeros((len(train), len(train[0].query_y)))
+    for t, task in enumerate(train):
+        point = params.detach().requires_grad_(True)
+        support_w = torch.ones(len(task.support_y), dtype=params.dtype, requires_grad=True)
+        query_w = torch.ones(len(task.query_y), dtype=params.dtype, requires_grad=True)
+        loss = learner.task_loss(point, task, support_w, query_w)
+        (grad,) = torch.autograd.grad(loss, point, create_graph=True)
+        d_support, d_query = torch.autograd.grad(grad @ inverse_hvp, (support_w, query_w), allow_unused=True)
+        if d_support is not None:
+            support_scores[t] = -d_support.detach().cpu().numpy()
+        if d_query is not None:
+            query_scores[t] = -d_query.detach().cpu().numpy()
+    return support_scores, query_scores
+
+
+def edit_without_tasks(
+    learner: MetaLearner,
+    params: torch.Tensor,
+    train: Sequence[TaskBatch],
+    removed: Sequence[int] | np.ndarray,
+    *,
+    weight_decay: float,
+    settings: InfluenceSettings,
+    mean_grad: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, SolveInfo]:
+    """theta_minus = theta + (H_R + lambda I)^-1 (1/(T-k)) sum_{t in R} (g_t - g_bar): the parameters the model
+    would have without the tasks at positions `removed`, with no retraining (see the module docstring)."""
+    removed_set = {int(i) for i in removed}
+    if not removed_set:
+        return params.detach().clone(), SolveInfo(iterations=0, residual=0.0)
+    remaining = [task for i, task in enumerate(train) if i not in removed_set]
+    if not remaining:
+        raise ConfigError("cannot remove every meta-training task")
+    g_bar = mean_grad if mean_grad is not None else mean_gradient(learner, params, train)
+    rhs = torch.zeros_like(params)
+    for i in sorted(removed_set):
+        rhs += task_gradient(learner, params, train[i]) - g_bar
+    rhs /= len(remaining)
+    subset = _hessian_subset(remaining, settings)
+
+    def apply_hessian(v: torch.Tensor) -> torch.Tensor:
+        return hessian_vector_product(learner, params, subset, v, weight_decay=weight_decay, chunk=settings.chunk)
+
+    step, info = solve_damped(apply_hessian, rhs, settings)
+    logger.info(
+        "edit solve (%d tasks removed): %d iterations, residual %.2e", len(removed_set), info.iterations, info.residual
+    )
+    return params.detach() + step, info

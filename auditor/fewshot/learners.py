@@ -1,0 +1,165 @@
+"""Meta-learners as pure functions of a flat meta-parameter vector: the per-task query loss (the quantity the
+meta-objective averages and the influence functions differentiate) and the adapted query logits.
+
+`ProtoNet` (Snell et al. 2017): closed-form class prototypes, squared-Euclidean logits; cost one forward per task.
+`MAML` (Finn et al. 2017): `inner_steps` SGD steps on the support loss, then the query loss. Second order keeps the
+adaptation in the graph (create_graph); first order treats the adaptation as a constant offset of theta, so its
+gradient is the FOMAML gradient and its Hessian the query-loss Hessian at the adapted parameters.
+Per-sample weights (default 1) let the influence code differentiate with respect to one image of a task.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from auditor.fewshot.backbones import FunctionalBackbone
+from auditor.fewshot.episodes import TaskSet
+
+
+@dataclass(frozen=True)
+class TaskBatch:
+    """The tensors of one task: support/query inputs and local labels in 0..ways-1."""
+
+    support_x: torch.Tensor
+    support_y: torch.Tensor
+    query_x: torch.Tensor
+    query_y: torch.Tensor
+    ways: int
+
+
+def materialize_tasks(tasks: TaskSet, pixels: torch.Tensor) -> list[TaskBatch]:
+    """Gather each task's inputs from `pixels` (rows aligned with the samples table the tasks index)."""
+    out = []
+    for t in range(len(tasks)):
+        out.append(
+            TaskBatch(
+                support_x=pixels[torch.from_numpy(tasks.support_rows[t])],
+                support_y=torch.from_numpy(np.ascontiguousarray(tasks.support_labels[t])),
+                query_x=pixels[torch.from_numpy(tasks.query_rows[t])],
+                query_y=torch.from_numpy(np.ascontiguousarray(tasks.query_labels[t])),
+                ways=tasks.ways,
+            )
+        )
+    return out
+
+
+def weighted_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    """sum_i w_i CE_i / n with a FIXED denominator n, so d/dw_i is the i-th sample's loss term (influence weights)."""
+    losses = F.cross_entropy(logits, labels, reduction="none")
+    if weights is not None:
+        losses = losses * weights
+    return losses.sum() / len(labels)
+
+
+class MetaLearner(ABC):
+    """A few-shot learner over a functional backbone; parameters are always one flat tensor."""
+
+    name: ClassVar[str]
+
+    def __init__(self, backbone: FunctionalBackbone) -> None:
+        self.backbone = backbone
+
+    @abstractmethod
+    def task_loss(
+        self,
+        params: torch.Tensor,
+        task: TaskBatch,
+        support_weights: torch.Tensor | None = None,
+        query_weights: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Query loss after adapting to the support set: a scalar differentiable in `params` and the weights."""
+
+    @abstractmethod
+    def query_logits(self, params: torch.Tensor, task: TaskBatch) -> torch.Tensor:
+        """Adapted logits for the query set (no graph kept to `params`)."""
+
+
+class ProtoNet(MetaLearner):
+    """Prototypical network. Prototypes are weighted class means sum_j w_j f(x_j) / sum_j w_j, so setting a
+    weight to 0 is exactly removing that support image; in 1-shot tasks the derivative is therefore 0 (the only
+    image of a class defines its prototype whatever its weight) and support influence comes out as 0."""
+
+    name: ClassVar[str] = "protonet"
+
+    def _logits(self, params: torch.Tensor, task: TaskBatch, support_weights: torch.Tensor | None) -> torch.Tensor:
+        n_support = len(task.support_y)
+        # One forward for support and query: transductive batch statistics, as ProtoNet is usually run.
+        embedded = self.backbone(params, torch.cat([task.support_x, task.query_x]))
+        support, query = embedded[:n_support], embedded[n_support:]
+        membership = F.one_hot(task.support_y, task.ways).to(embedded.dtype)
+        if support_weights is not None:
+            membership = membership * support_weights[:, None]
+        prototypes = (membership.T @ support) / membership.sum(0)[:, None]
+        return -_squared_distances(query, prototypes)
+
+    def task_loss(
+        self,
+        params: torch.Tensor,
+        task: TaskBatch,
+        support_weights: torch.Tensor | None = None,
+        query_weights: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        return weighted_cross_entropy(self._logits(params, task, support_weights), task.query_y, query_weights)
+
+    def query_logits(self, params: torch.Tensor, task: TaskBatch) -> torch.Tensor:
+        with torch.no_grad():
+            return self._logits(params, task, None)
+
+
+def _squared_distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """||a_i - b_j||^2 by broadcasting: smooth everywhere (cdist's sqrt is not at 0), fine for small ways."""
+    return (a[:, None, :] - b[None, :, :]).pow(2).sum(-1)
+
+
+class MAML(MetaLearner):
+    """Model-agnostic meta-learning with a backbone whose output has one logit per way."""
+
+    name: ClassVar[str] = "maml"
+
+    def __init__(
+        self, backbone: FunctionalBackbone, *, inner_lr: float, inner_steps: int, second_order: bool = True
+    ) -> None:
+        super().__init__(backbone)
+        self.inner_lr = inner_lr
+        self.inner_steps = inner_steps
+        self.second_order = second_order
+
+    def adapt(self, params: torch.Tensor, task: TaskBatch, support_weights: torch.Tensor | None = None) -> torch.Tensor:
+        """Task parameters after the inner SGD steps. Second order: differentiable in `params` (and weights).
+        First order: theta + delta with delta constant in theta, but differentiable in the weights if they
+        require grad (instance influence needs d(adapted)/dw even for first-order MAML)."""
+        weights_need_graph = support_weights is not None and support_weights.requires_grad
+        through_params = self.second_order and params.requires_grad
+        start = params if through_params else params.detach().requires_grad_(True)
+        keep_graph = through_params or weights_need_graph
+        fast = start
+        with torch.enable_grad():
+            for _ in range(self.inner_steps):
+                loss = weighted_cross_entropy(self.backbone(fast, task.support_x), task.support_y, support_weights)
+                (grad,) = torch.autograd.grad(loss, fast, create_graph=keep_graph)
+                fast = fast - self.inner_lr * grad
+        if through_params:
+            return fast
+        delta = fast - start
+        return params + (delta if weights_need_graph else delta.detach())
+
+    def task_loss(
+        self,
+        params: torch.Tensor,
+        task: TaskBatch,
+        support_weights: torch.Tensor | None = None,
+        query_weights: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        adapted = self.adapt(params, task, support_weights)
+        return weighted_cross_entropy(self.backbone(adapted, task.query_x), task.query_y, query_weights)
+
+    def query_logits(self, params: torch.Tensor, task: TaskBatch) -> torch.Tensor:
+        adapted = self.adapt(params.detach(), task).detach()
+        with torch.no_grad():
+            return self.backbone(adapted, task.query_x)
