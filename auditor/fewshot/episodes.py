@@ -120,7 +120,7 @@ def sample_tasks(
     short = [c for c, rows in per_class.items() if len(rows) < shots + queries]
     if short:
         raise DataError(
-            f"class {short[0]!r} has {len(per_class[short[0]])} samples but {shots}-shot tasks with {queries} "
+            f"class {str(short[0])!r} has {len(per_class[short[0]])} samples but {shots}-shot tasks with {queries} "
             f"queries need {shots + queries}; lower --shots/--queries or drop classes that small"
         )
     rng = np.random.default_rng(seed)

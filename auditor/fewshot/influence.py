@@ -9,13 +9,16 @@ Hessian-vector products by double backward, solved with damped CG or a Neumann s
   centring (a constant shift that keeps the ranking) this is I(t) = -g_val^T (H + lambda I)^-1 g_t. Sign: removing
   t from the mean-normalised objective moves theta by +(1/(T-1)) H^-1 (g_t - g_bar), so the validation loss
   changes by -score(t)/(T-1): higher score = removing the task is predicted to lower the validation loss.
-* instance-IF: each image enters its task through a weight w_i (support: inner loss or prototype; query: outer
-  loss); score(t, i) = -d/dw_i [g_val^T (H + lambda I)^-1 g_t(theta, w)], one extra backward per task.
+* instance-IF: removing image i from task t replaces l_t by l_{t without i}; lifted to the meta level the same way,
+  score(t, i) = g_val^T (H + lambda I)^-1 (g_{t without i} - g_t) (exact inside the task, linear in theta).
 * edit: theta_minus = theta + (H_R + lambda I)^-1 (1/(T-k)) sum_{t in R} (g_t - g_bar), H_R the Hessian of the
   objective over the T-k remaining tasks: one damped Newton step on the retraining objective from theta, assuming
   theta is stationary for the full objective. For k = 1 and T large this is theta + (1/T) H^-1 g_t (sign plus).
-Cost: one gradient per task, (iterations x HVPs over `hessian_tasks` tasks) per solve, one double backward per
-task for instance scores. Assumes theta is near a minimum; the damping absorbs small negative curvature.
+  H_R is replaced by the full H by default: at a minimum H is positive semi-definite, H_R need not be (CG then
+  meets negative curvature and the step is useless, as measured on the tiny test problems).
+Cost: one gradient per task, (iterations x HVPs over `hessian_tasks` tasks) per solve; instance scores add one
+double backward and one gradient per support image for each task. Assumes theta is near a minimum of the
+meta-objective; the damping absorbs small negative curvature.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import numpy as np
 import torch
 
 from auditor.errors import ConfigError
-from auditor.fewshot.learners import MetaLearner, TaskBatch
+from auditor.fewshot.learners import MetaLearner, TaskBatch, drop_support
 
 logger = logging.getLogger(__name__)
 
@@ -209,22 +212,27 @@ def compute_task_influence(
 def compute_instance_influence(
     learner: MetaLearner, params: torch.Tensor, train: Sequence[TaskBatch], inverse_hvp: torch.Tensor
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(support [T, n_support], query [T, n_query]) scores: -d/dw_i [s^T g_t(theta, w)] at w = 1, s the inverse
-    HVP of the validation gradient. Higher = removing the image from its task is predicted to lower the
-    validation loss. Query scores of a task sum to its uncentred task score."""
+    """(support [T, n_support], query [T, n_query]) scores s^T (g_{t without i} - g_t), s the inverse HVP of the
+    validation gradient: higher = removing the image from its task is predicted to lower the validation loss.
+
+    Queries: the query loss is a weighted mean, so g_{t without i} - g_t = -n/(n-1) d g_t / d w_i exactly; all
+    queries of a task come from one double backward. Supports enter non-linearly (a prototype, an inner loop):
+    each is removed for real (`drop_support`) and its task gradient recomputed, one gradient per support image.
+    """
     support_scores = np.zeros((len(train), len(train[0].support_y)))
     query_scores = np.zeros((len(train), len(train[0].query_y)))
     for t, task in enumerate(train):
         point = params.detach().requires_grad_(True)
-        support_w = torch.ones(len(task.support_y), dtype=params.dtype, requires_grad=True)
         query_w = torch.ones(len(task.query_y), dtype=params.dtype, requires_grad=True)
-        loss = learner.task_loss(point, task, support_w, query_w)
+        loss = learner.task_loss(point, task, None, query_w)
         (grad,) = torch.autograd.grad(loss, point, create_graph=True)
-        d_support, d_query = torch.autograd.grad(grad @ inverse_hvp, (support_w, query_w), allow_unused=True)
-        if d_support is not None:
-            support_scores[t] = -d_support.detach().cpu().numpy()
-        if d_query is not None:
-            query_scores[t] = -d_query.detach().cpu().numpy()
+        (d_query,) = torch.autograd.grad(grad @ inverse_hvp, query_w)
+        n_query = len(task.query_y)
+        query_scores[t] = -n_query / (n_query - 1) * d_query.detach().cpu().numpy()
+        base = float(grad.detach() @ inverse_hvp)
+        for j in range(len(task.support_y)):
+            reduced = drop_support(task, j)
+            support_scores[t, j] = float(task_gradient(learner, params, reduced) @ inverse_hvp) - base
     return support_scores, query_scores
 
 
@@ -237,6 +245,7 @@ def edit_without_tasks(
     weight_decay: float,
     settings: InfluenceSettings,
     mean_grad: torch.Tensor | None = None,
+    hessian: str = "full",
 ) -> tuple[torch.Tensor, SolveInfo]:
     """theta_minus = theta + (H_R + lambda I)^-1 (1/(T-k)) sum_{t in R} (g_t - g_bar): the parameters the model
     would have without the tasks at positions `removed`, with no retraining (see the module docstring)."""
@@ -251,7 +260,9 @@ def edit_without_tasks(
     for i in sorted(removed_set):
         rhs += task_gradient(learner, params, train[i]) - g_bar
     rhs /= len(remaining)
-    subset = _hessian_subset(remaining, settings)
+    if hessian not in ("full", "remaining"):
+        raise ConfigError(f"hessian must be 'full' or 'remaining', got {hessian!r}")
+    subset = _hessian_subset(list(train) if hessian == "full" else remaining, settings)
 
     def apply_hessian(v: torch.Tensor) -> torch.Tensor:
         return hessian_vector_product(learner, params, subset, v, weight_decay=weight_decay, chunk=settings.chunk)

@@ -11,7 +11,7 @@ Per-sample weights (default 1) let the influence code differentiate with respect
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar
 
 import numpy as np
@@ -49,12 +49,25 @@ def materialize_tasks(tasks: TaskSet, pixels: torch.Tensor) -> list[TaskBatch]:
     return out
 
 
+def drop_support(task: TaskBatch, index: int) -> TaskBatch:
+    """The task without support image `index`. If that leaves its class with no support image (1-shot), the class's
+    queries go too: a class that was never shown cannot be asked about (the task becomes (N-1)-way)."""
+    keep = torch.arange(len(task.support_y)) != index
+    label = task.support_y[index]
+    smaller = replace(task, support_x=task.support_x[keep], support_y=task.support_y[keep])
+    if bool((smaller.support_y == label).any()):
+        return smaller
+    keep_query = task.query_y != label
+    return replace(smaller, query_x=task.query_x[keep_query], query_y=task.query_y[keep_query])
+
+
 def weighted_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
-    """sum_i w_i CE_i / n with a FIXED denominator n, so d/dw_i is the i-th sample's loss term (influence weights)."""
+    """sum_i w_i CE_i / sum_i w_i: at w = 1 the plain mean, and w_i = 0 is exactly dropping sample i, so the
+    derivative in w_i linearises "remove this image from its task" (it is (CE_i - mean CE) / n)."""
     losses = F.cross_entropy(logits, labels, reduction="none")
-    if weights is not None:
-        losses = losses * weights
-    return losses.sum() / len(labels)
+    if weights is None:
+        return losses.mean()
+    return (losses * weights).sum() / weights.sum()
 
 
 class MetaLearner(ABC):
@@ -81,9 +94,8 @@ class MetaLearner(ABC):
 
 
 class ProtoNet(MetaLearner):
-    """Prototypical network. Prototypes are weighted class means sum_j w_j f(x_j) / sum_j w_j, so setting a
-    weight to 0 is exactly removing that support image; in 1-shot tasks the derivative is therefore 0 (the only
-    image of a class defines its prototype whatever its weight) and support influence comes out as 0."""
+    """Prototypical network: prototypes are (weighted) class means of the embedded support images, logits the
+    negative squared Euclidean distances of the embedded queries to them."""
 
     name: ClassVar[str] = "protonet"
 
@@ -95,8 +107,11 @@ class ProtoNet(MetaLearner):
         membership = F.one_hot(task.support_y, task.ways).to(embedded.dtype)
         if support_weights is not None:
             membership = membership * support_weights[:, None]
-        prototypes = (membership.T @ support) / membership.sum(0)[:, None]
-        return -_squared_distances(query, prototypes)
+        counts = membership.sum(0)
+        prototypes = (membership.T @ support) / counts.clamp_min(torch.finfo(counts.dtype).tiny)[:, None]
+        logits = -_squared_distances(query, prototypes)
+        # A class with no support image (see drop_support) has no prototype: it can never be predicted.
+        return logits.masked_fill((counts == 0)[None, :], float("-inf"))
 
     def task_loss(
         self,
