@@ -3,7 +3,8 @@ Meta Learning", ICLR 2026) and the closed-form model edit that removes tasks wit
 
 Meta-objective L(theta) = mean_t l_t(theta) + (wd/2)||theta||^2 over the T meta-training tasks, with l_t the
 query loss after adaptation (through the inner loop for second-order MAML). H is its Hessian, never formed:
-Hessian-vector products by double backward, solved with damped CG or a Neumann series.
+Hessian-vector products by double backward, solved with damped CG or a Neumann series. For deep nets away from a
+minimum (negative curvature), the Gauss-Newton matrix replaces H (`curvature="gauss_newton"`, always PSD).
 
 * task-IF: score(t) = -g_val^T (H + lambda I)^-1 (g_t - g_bar), g_t = grad l_t, g_bar = mean_t g_t. Up to the
   centring (a constant shift that keeps the ranking) this is I(t) = -g_val^T (H + lambda I)^-1 g_t. Sign: removing
@@ -42,6 +43,9 @@ class InfluenceSettings:
 
     damping: float = field(default=1e-3, metadata={"help": "lambda added to the Hessian's diagonal."})
     solver: str = field(default="cg", metadata={"help": "cg (conjugate gradients) or neumann (series)."})
+    curvature: str = field(
+        default="hessian", metadata={"help": "hessian (exact) or gauss_newton (PSD; for deep nets off a minimum)."}
+    )
     max_iter: int = field(default=100, metadata={"help": "CG iterations or Neumann terms."})
     tolerance: float = field(default=1e-10, metadata={"help": "CG stops at this relative residual."})
     neumann_scale: float = field(default=10.0, metadata={"help": "Neumann: must exceed half the top eigenvalue."})
@@ -52,6 +56,8 @@ class InfluenceSettings:
     def __post_init__(self) -> None:
         if self.solver not in ("cg", "neumann"):
             raise ConfigError(f"solver must be 'cg' or 'neumann', got {self.solver!r}")
+        if self.curvature not in ("hessian", "gauss_newton"):
+            raise ConfigError(f"curvature must be 'hessian' or 'gauss_newton', got {self.curvature!r}")
         if self.damping < 0 or self.max_iter <= 0 or self.chunk <= 0 or self.neumann_scale <= 0:
             raise ConfigError("damping must be >= 0; max_iter, chunk and neumann_scale must be positive")
         if self.hessian_tasks is not None and self.hessian_tasks <= 0:
@@ -111,6 +117,46 @@ def hessian_vector_product(
         (hv,) = torch.autograd.grad(grad @ vector, point)
         out = out + hv
     return out
+
+
+def gauss_newton_vector_product(
+    learner: MetaLearner,
+    params: torch.Tensor,
+    tasks: Sequence[TaskBatch],
+    vector: torch.Tensor,
+    *,
+    weight_decay: float,
+) -> torch.Tensor:
+    """G v with G = mean_t J_t^T H_t J_t + wd I, J_t the Jacobian of task t's adapted query logits and H_t the
+    Hessian of the cross-entropy in the logits: positive semi-definite everywhere, equal to the Hessian up to the
+    residual term that vanishes at a perfect fit. J v comes from the double-backward trick (d/du of u^T J v)."""
+    out = weight_decay * vector
+    point = params.detach().requires_grad_(True)
+    for task in tasks:
+        logits = learner.adapted_logits(point, task)
+        probe = torch.zeros_like(logits, requires_grad=True)
+        (jt_probe,) = torch.autograd.grad(logits, point, grad_outputs=probe, create_graph=True)
+        (jv,) = torch.autograd.grad(jt_probe @ vector, probe)
+        probs = torch.softmax(logits.detach(), dim=1)
+        hjv = (probs * jv - probs * (probs * jv).sum(1, keepdim=True)) / len(task.query_y)
+        (gv,) = torch.autograd.grad(logits, point, grad_outputs=hjv)
+        out = out + gv / len(tasks)
+    return out
+
+
+def curvature_vector_product(
+    learner: MetaLearner,
+    params: torch.Tensor,
+    tasks: Sequence[TaskBatch],
+    vector: torch.Tensor,
+    *,
+    weight_decay: float,
+    settings: InfluenceSettings,
+) -> torch.Tensor:
+    """The Hessian or Gauss-Newton product that `settings.curvature` selects."""
+    if settings.curvature == "gauss_newton":
+        return gauss_newton_vector_product(learner, params, tasks, vector, weight_decay=weight_decay)
+    return hessian_vector_product(learner, params, tasks, vector, weight_decay=weight_decay, chunk=settings.chunk)
 
 
 def solve_damped(
@@ -188,7 +234,7 @@ def compute_task_influence(
     subset = _hessian_subset(train, settings)
 
     def apply_hessian(v: torch.Tensor) -> torch.Tensor:
-        return hessian_vector_product(learner, params, subset, v, weight_decay=weight_decay, chunk=settings.chunk)
+        return curvature_vector_product(learner, params, subset, v, weight_decay=weight_decay, settings=settings)
 
     inverse_hvp, info = solve_damped(apply_hessian, val_gradient, settings)
     logger.info("task-IF solve: %d iterations, relative residual %.2e", info.iterations, info.residual)
@@ -265,7 +311,7 @@ def edit_without_tasks(
     subset = _hessian_subset(list(train) if hessian == "full" else remaining, settings)
 
     def apply_hessian(v: torch.Tensor) -> torch.Tensor:
-        return hessian_vector_product(learner, params, subset, v, weight_decay=weight_decay, chunk=settings.chunk)
+        return curvature_vector_product(learner, params, subset, v, weight_decay=weight_decay, settings=settings)
 
     step, info = solve_damped(apply_hessian, rhs, settings)
     logger.info(

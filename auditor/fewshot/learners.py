@@ -79,6 +79,11 @@ class MetaLearner(ABC):
         self.backbone = backbone
 
     @abstractmethod
+    def adapted_logits(
+        self, params: torch.Tensor, task: TaskBatch, support_weights: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Query logits after adapting to the (weighted) support set, differentiable in `params` and the weights."""
+
     def task_loss(
         self,
         params: torch.Tensor,
@@ -87,6 +92,7 @@ class MetaLearner(ABC):
         query_weights: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Query loss after adapting to the support set: a scalar differentiable in `params` and the weights."""
+        return weighted_cross_entropy(self.adapted_logits(params, task, support_weights), task.query_y, query_weights)
 
     @abstractmethod
     def query_logits(self, params: torch.Tensor, task: TaskBatch) -> torch.Tensor:
@@ -99,7 +105,9 @@ class ProtoNet(MetaLearner):
 
     name: ClassVar[str] = "protonet"
 
-    def _logits(self, params: torch.Tensor, task: TaskBatch, support_weights: torch.Tensor | None) -> torch.Tensor:
+    def adapted_logits(
+        self, params: torch.Tensor, task: TaskBatch, support_weights: torch.Tensor | None = None
+    ) -> torch.Tensor:
         n_support = len(task.support_y)
         # One forward for support and query: transductive batch statistics, as ProtoNet is usually run.
         embedded = self.backbone(params, torch.cat([task.support_x, task.query_x]))
@@ -113,18 +121,9 @@ class ProtoNet(MetaLearner):
         # A class with no support image (see drop_support) has no prototype: it can never be predicted.
         return logits.masked_fill((counts == 0)[None, :], float("-inf"))
 
-    def task_loss(
-        self,
-        params: torch.Tensor,
-        task: TaskBatch,
-        support_weights: torch.Tensor | None = None,
-        query_weights: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        return weighted_cross_entropy(self._logits(params, task, support_weights), task.query_y, query_weights)
-
     def query_logits(self, params: torch.Tensor, task: TaskBatch) -> torch.Tensor:
         with torch.no_grad():
-            return self._logits(params, task, None)
+            return self.adapted_logits(params, task)
 
 
 def _squared_distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -164,15 +163,10 @@ class MAML(MetaLearner):
         delta = fast - start
         return params + (delta if weights_need_graph else delta.detach())
 
-    def task_loss(
-        self,
-        params: torch.Tensor,
-        task: TaskBatch,
-        support_weights: torch.Tensor | None = None,
-        query_weights: torch.Tensor | None = None,
+    def adapted_logits(
+        self, params: torch.Tensor, task: TaskBatch, support_weights: torch.Tensor | None = None
     ) -> torch.Tensor:
-        adapted = self.adapt(params, task, support_weights)
-        return weighted_cross_entropy(self.backbone(adapted, task.query_x), task.query_y, query_weights)
+        return self.backbone(self.adapt(params, task, support_weights), task.query_x)
 
     def query_logits(self, params: torch.Tensor, task: TaskBatch) -> torch.Tensor:
         adapted = self.adapt(params.detach(), task).detach()
