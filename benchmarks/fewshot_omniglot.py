@@ -18,6 +18,7 @@ import logging
 import os
 import time
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -86,7 +87,12 @@ def run_learner(name: str, pixels: torch.Tensor, labels: np.ndarray, args: argpa
         steps=args.steps, meta_batch=args.meta_batch, learning_rate=1e-3, weight_decay=args.weight_decay, seed=args.seed
     )
     influence_settings = InfluenceSettings(
-        damping=args.damping, max_iter=args.cg_iters, tolerance=1e-3, hessian_tasks=args.hessian_tasks, seed=args.seed
+        relative_damping=args.relative_damping,
+        curvature=args.curvature,
+        max_iter=args.cg_iters,
+        tolerance=1e-3,
+        hessian_tasks=args.hessian_tasks,
+        seed=args.seed,
     )
     params, train_s = timed_train(learner, initial, train, settings)
     accuracy = evaluate_accuracy(learner, params, test)
@@ -117,7 +123,7 @@ def run_learner(name: str, pixels: torch.Tensor, labels: np.ndarray, args: argpa
             train,
             removed,
             weight_decay=settings.weight_decay,
-            settings=influence_settings,
+            settings=replace(influence_settings, damping=influence.solve.damping, relative_damping=None),
             mean_grad=influence.mean_gradient,
         )
         edit_s = time.perf_counter() - start
@@ -143,6 +149,7 @@ def run_learner(name: str, pixels: torch.Tensor, labels: np.ndarray, args: argpa
         "task_if_seconds": scoring_s,
         "task_if_solve_iterations": influence.solve.iterations,
         "task_if_solve_residual": influence.solve.residual,
+        "damping": influence.solve.damping,
         "planted_noise_recall_top40": recall,
         "planted_noise_recall_top40_by_task_loss": float(noisy[by_loss].sum() / noisy.sum()),
         "removal": removals,
@@ -161,7 +168,8 @@ def main() -> None:
     parser.add_argument("--meta-batch", type=int, default=4)
     parser.add_argument("--width", type=int, default=32)
     parser.add_argument("--weight-decay", type=float, default=5e-4)
-    parser.add_argument("--damping", type=float, default=0.1)
+    parser.add_argument("--relative-damping", type=float, default=0.01, help="damping / top curvature eigenvalue")
+    parser.add_argument("--curvature", default="gauss_newton", choices=["gauss_newton", "hessian"])
     parser.add_argument("--cg-iters", type=int, default=15)
     parser.add_argument("--hessian-tasks", type=int, default=16)
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "fewshot_omniglot.json"))

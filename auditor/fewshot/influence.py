@@ -42,6 +42,11 @@ class InfluenceSettings:
     """How the inverse-Hessian-vector products are solved."""
 
     damping: float = field(default=1e-3, metadata={"help": "lambda added to the Hessian's diagonal."})
+    relative_damping: float | None = field(
+        default=None,
+        metadata={"help": "If set, lambda = this x the top curvature eigenvalue (power iteration); overrides damping."},
+    )
+    power_iterations: int = field(default=10, metadata={"help": "Power-iteration steps for relative damping."})
     solver: str = field(default="cg", metadata={"help": "cg (conjugate gradients) or neumann (series)."})
     curvature: str = field(
         default="hessian", metadata={"help": "hessian (exact) or gauss_newton (PSD; for deep nets off a minimum)."}
@@ -60,16 +65,19 @@ class InfluenceSettings:
             raise ConfigError(f"curvature must be 'hessian' or 'gauss_newton', got {self.curvature!r}")
         if self.damping < 0 or self.max_iter <= 0 or self.chunk <= 0 or self.neumann_scale <= 0:
             raise ConfigError("damping must be >= 0; max_iter, chunk and neumann_scale must be positive")
+        if self.relative_damping is not None and self.relative_damping <= 0:
+            raise ConfigError(f"relative_damping must be positive or None, got {self.relative_damping}")
         if self.hessian_tasks is not None and self.hessian_tasks <= 0:
             raise ConfigError(f"hessian_tasks must be positive or None, got {self.hessian_tasks}")
 
 
 @dataclass(frozen=True)
 class SolveInfo:
-    """What the linear solve did: iterations used and the final relative residual (CG) or update norm."""
+    """What the linear solve did: iterations used, the final relative residual (CG) or update norm, the damping."""
 
     iterations: int
     residual: float
+    damping: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -159,16 +167,39 @@ def curvature_vector_product(
     return hessian_vector_product(learner, params, tasks, vector, weight_decay=weight_decay, chunk=settings.chunk)
 
 
+def top_eigenvalue(apply_hessian: Callable[[torch.Tensor], torch.Tensor], like: torch.Tensor, iterations: int) -> float:
+    """Largest eigenvalue of a PSD operator by power iteration from a fixed-seed start (deterministic)."""
+    gen = torch.Generator().manual_seed(0)
+    vector = torch.randn(like.shape, generator=gen, dtype=like.dtype).to(like.device)
+    vector /= vector.norm()
+    value = 0.0
+    for _ in range(iterations):
+        product = apply_hessian(vector)
+        value = float(vector @ product)
+        norm = float(product.norm())
+        if norm == 0.0:
+            return 0.0
+        vector = product / norm
+    return value
+
+
 def solve_damped(
     apply_hessian: Callable[[torch.Tensor], torch.Tensor], rhs: torch.Tensor, settings: InfluenceSettings
 ) -> tuple[torch.Tensor, SolveInfo]:
-    """x = (H + damping I)^-1 rhs with H given by its products; CG stops early on non-positive curvature."""
+    """x = (H + damping I)^-1 rhs with H given by its products; CG stops early on non-positive curvature. With
+    `relative_damping`, damping is that fraction of H's top eigenvalue, so the condition number is bounded."""
+    damping = settings.damping
+    if settings.relative_damping is not None:
+        top = top_eigenvalue(apply_hessian, rhs, settings.power_iterations)
+        damping = settings.relative_damping * max(top, 0.0) or settings.damping
+        logger.info("top curvature eigenvalue %.3g -> damping %.3g", top, damping)
 
     def apply(v: torch.Tensor) -> torch.Tensor:
-        return apply_hessian(v) + settings.damping * v
+        return apply_hessian(v) + damping * v
 
     if settings.solver == "neumann":
-        return _neumann(apply, rhs, settings)
+        solution, info = _neumann(apply, rhs, settings)
+        return solution, SolveInfo(iterations=info.iterations, residual=info.residual, damping=damping)
     x = torch.zeros_like(rhs)
     residual = rhs.clone()
     direction = residual.clone()
@@ -184,7 +215,7 @@ def solve_damped(
                 "CG met non-positive curvature at iteration %d (relative residual %.2e); raise the damping (now %g)",
                 iterations,
                 float(rr.sqrt()) / norm_rhs,
-                settings.damping,
+                damping,
             )
             break
         alpha = rr / curvature
@@ -193,7 +224,7 @@ def solve_damped(
         rr_new = residual @ residual
         direction = residual + (rr_new / rr) * direction
         rr = rr_new
-    return x, SolveInfo(iterations=iterations, residual=float(rr.sqrt()) / norm_rhs)
+    return x, SolveInfo(iterations=iterations, residual=float(rr.sqrt()) / norm_rhs, damping=damping)
 
 
 def _neumann(

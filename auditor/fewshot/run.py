@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
@@ -46,7 +46,9 @@ class FewShotOptions:
     class_fractions: tuple[float, float, float] = (0.6, 0.2, 0.2)
     train: MetaTrainSettings = field(default_factory=MetaTrainSettings)
     influence: InfluenceSettings = field(
-        default_factory=lambda: InfluenceSettings(damping=0.01, max_iter=30, tolerance=1e-4, hessian_tasks=64)
+        default_factory=lambda: InfluenceSettings(
+            relative_damping=0.01, curvature="gauss_newton", max_iter=30, tolerance=1e-4, hessian_tasks=32
+        )
     )
     inner_lr: float = field(default=0.4, metadata={"help": "MAML inner-loop SGD step."})
     inner_steps: int = field(default=1, metadata={"help": "MAML inner-loop steps."})
@@ -198,11 +200,23 @@ def run_fewshot_audit(
         "fewshot.scoring_seconds": scoring_s,
         "fewshot.solve.iterations": float(influence.solve.iterations),
         "fewshot.solve.residual": influence.solve.residual,
+        "fewshot.solve.damping": influence.solve.damping,
         "fewshot.removed.n_tasks": float(n_removed),
     }
     if verify:
         metrics.update(
-            _verify_removal(meta, initial, params, train, test, removed, settings, options, influence.mean_gradient)
+            _verify_removal(
+                meta,
+                initial,
+                params,
+                train,
+                test,
+                removed,
+                settings,
+                options,
+                influence.mean_gradient,
+                influence.solve.damping,
+            )
         )
     return FewShotResult(
         task_scores=task_scores,
@@ -223,6 +237,7 @@ def _verify_removal(
     settings: MetaTrainSettings,
     options: FewShotOptions,
     mean_grad: torch.Tensor,
+    damping: float,
 ) -> dict[str, float]:
     """Edit (closed form) vs retraining from the same initialisation and schedule without the removed tasks."""
     start = time.perf_counter()
@@ -232,7 +247,8 @@ def _verify_removal(
         train,
         removed,
         weight_decay=settings.weight_decay,
-        settings=options.influence,
+        # The damping the scoring solve settled on (relative damping resolved once, not re-estimated).
+        settings=replace(options.influence, damping=damping, relative_damping=None),
         mean_grad=mean_grad,
     )
     edit_s = time.perf_counter() - start

@@ -22,6 +22,7 @@ from auditor.fewshot.influence import (
     hessian_vector_product,
     solve_damped,
     task_gradient,
+    top_eigenvalue,
 )
 from auditor.fewshot.learners import MetaLearner, TaskBatch, drop_support
 from auditor.fewshot.training import evaluate_accuracy, evaluate_loss, meta_objective, train_meta
@@ -61,6 +62,11 @@ def test_hessian_products_and_solvers_match_the_dense_hessian(blob_problem: Blob
     torch.testing.assert_close(cg, expected)
     assert info.residual < 1e-8
     top = float(torch.linalg.eigvalsh(dense).max())
+    assert top_eigenvalue(apply, vector, 200) == pytest.approx(top, rel=1e-6)
+    relative_settings = InfluenceSettings(relative_damping=damping / top, power_iterations=200)
+    relative, info = solve_damped(apply, vector, relative_settings)
+    assert info.damping == pytest.approx(damping, rel=1e-6)
+    torch.testing.assert_close(relative, expected, rtol=1e-5, atol=1e-8)
     neumann_settings = InfluenceSettings(damping=damping, solver="neumann", max_iter=3000, neumann_scale=top)
     neumann, _ = solve_damped(apply, vector, neumann_settings)
     torch.testing.assert_close(neumann, expected, rtol=1e-4, atol=1e-6)
