@@ -5,7 +5,8 @@ meta-objective averages and the influence functions differentiate) and the adapt
 `MAML` (Finn et al. 2017): `inner_steps` SGD steps on the support loss, then the query loss. Second order keeps the
 adaptation in the graph (create_graph); first order treats the adaptation as a constant offset of theta, so its
 gradient is the FOMAML gradient and its Hessian the query-loss Hessian at the adapted parameters.
-Per-sample weights (default 1) let the influence code differentiate with respect to one image of a task.
+Per-sample weights (default 1; normalised, so weight 0 is removal) let the influence code differentiate with
+respect to one image of a task; `drop_support` removes a support image for real.
 """
 
 from __future__ import annotations
