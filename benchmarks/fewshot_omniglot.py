@@ -168,7 +168,7 @@ def main() -> None:
     parser.add_argument("--meta-batch", type=int, default=4)
     parser.add_argument("--width", type=int, default=32)
     parser.add_argument("--weight-decay", type=float, default=5e-4)
-    parser.add_argument("--relative-damping", type=float, default=0.01, help="damping / top curvature eigenvalue")
+    parser.add_argument("--relative-damping", type=float, default=0.1, help="damping / top curvature eigenvalue")
     parser.add_argument("--curvature", default="gauss_newton", choices=["gauss_newton", "hessian"])
     parser.add_argument("--cg-iters", type=int, default=10)
     parser.add_argument("--hessian-tasks", type=int, default=8)

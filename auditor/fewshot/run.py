@@ -47,7 +47,7 @@ class FewShotOptions:
     train: MetaTrainSettings = field(default_factory=MetaTrainSettings)
     influence: InfluenceSettings = field(
         default_factory=lambda: InfluenceSettings(
-            relative_damping=0.01, curvature="gauss_newton", max_iter=30, tolerance=1e-4, hessian_tasks=32
+            relative_damping=0.1, curvature="gauss_newton", max_iter=30, tolerance=1e-4, hessian_tasks=32
         )
     )
     inner_lr: float = field(default=0.4, metadata={"help": "MAML inner-loop SGD step."})
