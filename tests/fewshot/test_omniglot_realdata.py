@@ -45,7 +45,7 @@ def test_protonet_audit_on_omniglot_learns_and_scores_every_task(shared_data_dir
         width=16,
     )
     result = run_fewshot_audit(samples, pixels, ways=5, shots=1, queries=3, learner="protonet", options=options)
-    assert result.metrics["fewshot.accuracy"] > 0.4  # chance is 0.2; measured 0.6 after 40 meta-steps
+    assert result.metrics["fewshot.accuracy"] > 0.4  # chance is 0.2; measured 0.53 after 40 meta-steps
     assert len(result.task_scores) == 40
     assert np.isfinite(result.task_scores["score"]).all()
     seen = result.sample_scores["n_support"] + result.sample_scores["n_query"] > 0
