@@ -20,6 +20,7 @@ from auditor.report.render import (
     run_reports,
 )
 from auditor.report.sections import SECTIONS, build_sections
+from auditor.report.summary import compute_key_numbers
 from auditor.report.tables import load_audit_tables
 from auditor.report.thumbnails import _cached_thumbnail
 from auditor.store import RunStore
@@ -224,3 +225,16 @@ def test_not_a_run_raises_data_error(tmp_path: Path) -> None:
     store.prepare({}, overwrite=False, tool_version="0.1.0")
     with pytest.raises(DataError, match=r"samples\.parquet"):
         render_html(store)
+
+
+def test_key_numbers_show_near_identical_images_beside_exact_ones(fake_run: FakeRun) -> None:
+    metrics = fake_run.store.read_json("metrics.json")
+    metrics["issues"]["duplicate"]["count"] = 0
+    metrics["issues"]["near_duplicate"] = {"count": 4}
+    metrics["leakage"] = {"cross_split_pairs": 0, "near_cross_split_pairs": 2}
+    fake_run.store.write_json("metrics.json", metrics)
+    cards = {c["key"]: c for c in compute_key_numbers(load_audit_tables(fake_run.store))}
+    assert cards["n_duplicates"]["display"] == "0"
+    assert cards["n_duplicates"]["detail"] == "exact; +4 near-identical"
+    assert cards["cross_split_pairs"]["detail"] == "exact, across splits; +2 near-identical"
+    assert cards["n_duplicates"]["tone"] == cards["cross_split_pairs"]["tone"] == "warn"
