@@ -201,7 +201,8 @@ class Auditor:
         from auditor.models.fitting import class_index, resolve_model_spec, run_training
 
         samples = self.store.read_table(INGEST_TABLE)
-        if not self.store.has(f"{PIXELS_ARRAY}.npy"):
+        # Both files, not just pixels: a kill between the two writes must not leave classes.json missing.
+        if not (self.store.has(f"{PIXELS_ARRAY}.npy") and self.store.has(CLASSES_FILE)):
             channels = infer_channels(samples)
             size = self.config.image_size or default_image_size(samples, channels)
             self.store.write_array(PIXELS_ARRAY, load_pixels(samples, size, channels))

@@ -113,6 +113,7 @@ class RunStore:
                     "pass --overwrite to start over or choose another --name/--out"
                 )
             logger.info("Resuming run in %s (stages done: %s)", self.root, ", ".join(manifest["stages_done"]) or "none")
+            self.remove_stale_temporaries()
             return manifest
         if self.root.exists() and any(self.root.iterdir()):
             raise RunMismatchError(
@@ -128,6 +129,19 @@ class RunStore:
         }
         self.write_manifest(manifest)
         return manifest
+
+    def remove_stale_temporaries(self) -> int:
+        """Delete the temporary files of writes a killed process never finished; returns how many.
+
+        Only called when a run is reopened by one process, so no live write can own them. They were never
+        renamed over their target, so nothing reads them; removing them just keeps the directory clean.
+        """
+        stale = [p for p in self.root.rglob(".*.tmp") if p.is_file()]
+        for path in stale:
+            path.unlink()
+        if stale:
+            logger.info("Removed %d temporary file(s) left by an interrupted write", len(stale))
+        return len(stale)
 
     # -- manifest --------------------------------------------------------------------------------
 
