@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import traceback
 from collections.abc import Sequence
@@ -85,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = sub.add_parser("report", help="re-render the reports of an existing run")
     report.add_argument("run", help="run directory (reports/<name>)")
+    score = sub.add_parser("score", help="score a run again with its trained models (torchrun: sharded)")
+    score.add_argument("run", help="run directory (reports/<name>)")
+    score.add_argument("--overwrite", action="store_true", help="replace the run's existing scores")
     _add_gate_commands(sub, audit, demo)
     _add_fiftyone_commands(sub)
     return parser
@@ -161,6 +165,12 @@ def _run(args: argparse.Namespace) -> int:
         load_rule_pack(args.rules)
     if args.command == "report":
         return _run_report_command(args)
+    if args.command == "score":
+        from auditor.rescore import rescore_run
+
+        run_dir = rescore_run(args.run, overwrite=args.overwrite)
+        logger.info("Scored again: %s", run_dir)
+        return EXIT_OK
     # imported here, not at the top: it loads torch (seconds), which re-rendering a report never needs
     from auditor.pipeline import run_audit
 
@@ -262,10 +272,16 @@ def _run_fiftyone_command(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _secondary_rank() -> bool:
+    """True in a torchrun worker of rank > 0 (read from the env, so the CLI need not import torch)."""
+    return os.environ.get("RANK", "0") not in ("", "0")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `auditor` console script; returns the exit code."""
     args = build_parser().parse_args(argv)
-    _configure_logging(args.verbose, args.quiet)
+    # torchrun ranks other than 0 repeat rank 0's log lines; only their warnings and errors are worth showing
+    _configure_logging(args.verbose, args.quiet or _secondary_rank())
     try:
         return _run(args)
     except AuditorError as exc:

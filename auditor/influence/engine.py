@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from auditor.influence.distributed import current_world
 from auditor.influence.ihvp import IHVPSettings
 from auditor.influence.influence_functions import compute_head_influence
 from auditor.influence.knn_shapley import compute_knn_shapley
@@ -57,7 +58,8 @@ def run_scoring(
     """Score every sample with every model and write the score tables; returns the scores frame.
 
     `target_specs` are extra influence targets (spec strings); each adds a `harm_<name>` column, filled for
-    the main model's training rows, and rows in the long `influence` table.
+    the main model's training rows, and rows in the long `influence` table. Under torchrun every rank
+    must call this (TracIn rows are sharded over ranks); only rank 0 writes.
     """
     n, n_classes = len(samples), spec.n_classes
     splits = samples[SPLIT].to_numpy()
@@ -155,6 +157,8 @@ def run_scoring(
             **target_columns,
         }
     )
+    if not current_world().primary:  # under torchrun every rank holds the same gathered scores; one writes them
+        return scores
     store.write_array("probs_main", probs_main.astype(np.float32))
     store.write_array("probs_in", probs_in.astype(np.float32))
     store.write_array("probs_oof", probs_oof.astype(np.float32))

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from auditor.influence.distributed import current_world, gather_rows, shard_bounds
 from auditor.influence.gradients import iter_per_sample_grads, mean_gradient
 from auditor.models.train import Checkpoint
 from auditor.progress import track
@@ -52,13 +53,39 @@ def compute_tracin(
     batch_size: int = 64,
     progress: bool = True,
     desc: str = "tracin",
+    shard: bool = True,
 ) -> TracInScores:
     """Score every row of `pixels`/`targets` with TracIn over `checkpoints` (loaded into `model` in turn).
 
     `target_pixels`/`target_targets` define `harm`; `extra_targets` (name -> (pixels, targets)) define
     `target_harm`. All target gradients are stacked, so extra targets cost one matrix column each.
+    Under torchrun (`shard`) each rank scores its contiguous block of rows and every rank returns all rows;
+    the target gradients are cheap and computed on every rank.
     """
     n = len(targets)
+    world = current_world()
+    if shard and world.size > 1:
+        start, stop = shard_bounds(n, world.rank, world.size)
+        logger.info("%s: rank %d of %d scores rows [%d, %d) of %d", desc, world.rank, world.size, start, stop, n)
+        local = compute_tracin(
+            model,
+            checkpoints,
+            pixels[start:stop],
+            targets[start:stop],
+            target_pixels=target_pixels,
+            target_targets=target_targets,
+            extra_targets=extra_targets,
+            batch_size=batch_size,
+            progress=progress and world.primary,
+            desc=f"{desc} rank {world.rank}",
+            shard=False,
+        )
+        return TracInScores(
+            self_influence=gather_rows(local.self_influence, n),
+            harm=gather_rows(local.harm, n) if local.harm is not None else None,
+            losses=gather_rows(local.losses, n, axis=1),
+            target_harm={name: gather_rows(values, n) for name, values in local.target_harm.items()},
+        )
     self_influence = np.zeros(n, dtype=np.float64)
     harm = np.zeros(n, dtype=np.float64) if target_pixels is not None and len(target_pixels) else None
     losses = np.zeros((len(checkpoints), n), dtype=np.float64)
