@@ -171,6 +171,8 @@ def _run(args: argparse.Namespace) -> int:
         run_dir = rescore_run(args.run, overwrite=args.overwrite)
         logger.info("Scored again: %s", run_dir)
         return EXIT_OK
+    if _distributed_launch():
+        raise AuditorError(f"only `auditor score` runs under torchrun; run `auditor {args.command}` as one process")
     # imported here, not at the top: it loads torch (seconds), which re-rendering a report never needs
     from auditor.pipeline import run_audit
 
@@ -270,6 +272,11 @@ def _run_fiftyone_command(args: argparse.Namespace) -> int:
     run_reports(store)
     logger.info("Removed run %s from FiftyOne dataset %r", record["run_key"], record["dataset"])
     return EXIT_OK
+
+
+def _distributed_launch() -> bool:
+    """True when torchrun started this process as one of several (WORLD_SIZE > 1)."""
+    return os.environ.get("WORLD_SIZE", "1") not in ("", "1")
 
 
 def _secondary_rank() -> bool:

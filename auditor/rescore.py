@@ -15,6 +15,7 @@ from auditor.config import AuditConfig
 from auditor.errors import AuditorError
 from auditor.influence.distributed import barrier, process_group
 from auditor.models.fitting import MODEL_INFO_FILE
+from auditor.schema import GATE_FILE
 from auditor.store import RunStore
 
 logger = logging.getLogger(__name__)
@@ -55,6 +56,12 @@ def rescore_run(run_dir: str | Path, *, overwrite: bool, progress: bool = True) 
     with process_group() as world:
         if world.primary:
             store.clear_stages_from(RESCORED_STAGES)
+            if store.has(GATE_FILE):
+                logger.warning(
+                    "%s judged the earlier scores; run `auditor check %s --rules ...` to gate the new ones",
+                    GATE_FILE,
+                    store.root,
+                )
         logger.info("Scoring %s with its stored models (%d process(es))", store.root, world.size)
         # The Auditor's own stage bodies, so `score` and `audit` cannot drift apart; _score is collective.
         auditor._score()

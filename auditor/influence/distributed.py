@@ -52,7 +52,7 @@ def process_group() -> Iterator[World]:
     if not launched_distributed() or not dist.is_available() or dist.is_initialized():
         yield current_world()
         return
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    backend = choose_backend()
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group(backend)
@@ -62,6 +62,18 @@ def process_group() -> Iterator[World]:
         yield world
     finally:
         dist.destroy_process_group()
+
+
+def choose_backend() -> str:
+    """NCCL when every local rank can own a GPU, else gloo.
+
+    NCCL refuses two ranks on one device, so with fewer GPUs than local ranks the job falls back to gloo
+    (the gradient work runs on the CPU either way today; only the gather moves).
+    """
+    local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))
+    if torch.cuda.is_available() and torch.cuda.device_count() >= local_ranks and dist.is_nccl_available():
+        return "nccl"
+    return "gloo"
 
 
 def barrier() -> None:

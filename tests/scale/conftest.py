@@ -18,9 +18,9 @@ FAST_FLAGS = ["--epochs", "8", "--checkpoints", "2", "--batch-size", "16", "--no
 HANG_GUARD_S = 900
 
 
-def cli_env() -> dict[str, str]:
+def cli_env(**extra: str) -> dict[str, str]:
     """The environment of a CLI subprocess: this checkout first on the path, one thread (reproducible sums)."""
-    env = dict(os.environ)
+    env = dict(os.environ) | extra
     env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     env.setdefault("OMP_NUM_THREADS", "1")
     env.setdefault("FIFTYONE_DO_NOT_TRACK", "true")
@@ -32,10 +32,15 @@ def auditor_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "auditor", *args]
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+def run_cli(*args: str, **extra_env: str) -> subprocess.CompletedProcess[str]:
     """Run the CLI to completion and return the finished process (stdout and stderr captured)."""
     return subprocess.run(
-        auditor_command(*args), env=cli_env(), capture_output=True, text=True, timeout=HANG_GUARD_S, check=False
+        auditor_command(*args),
+        env=cli_env(**extra_env),
+        capture_output=True,
+        text=True,
+        timeout=HANG_GUARD_S,
+        check=False,
     )
 
 

@@ -111,3 +111,14 @@ def test_torchrun_two_ranks_give_the_one_process_scores(reference_run: Path, tmp
         assert _max_relative_difference(expected[column], got[column]) <= 1e-4, column
     assert (sharded / "findings.json").is_file()
     assert not list(sharded.rglob("*.tmp"))
+
+
+def test_audit_refuses_to_run_under_torchrun(tiny_folder: Path, tmp_path: Path) -> None:
+    # Training is not sharded: N ranks would each train the same models into one run directory.
+    out = tmp_path / "run"
+    done = run_cli("audit", str(tiny_folder), "--out", str(out), "--no-fiftyone", WORLD_SIZE="2", RANK="0")
+    assert done.returncode == 2
+    assert done.stderr.strip() == (
+        "auditor: error: only `auditor score` runs under torchrun; run `auditor audit` as one process"
+    )
+    assert not out.exists()
