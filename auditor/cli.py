@@ -12,10 +12,10 @@ import sys
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from auditor import __version__
-from auditor.config import FORMATS, AuditConfig
+from auditor.config import FORMATS, LEARNERS, AuditConfig
 from auditor.errors import AuditorError, one_line
 
 if TYPE_CHECKING:
@@ -50,6 +50,18 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
     targets.add_argument("--target-sample", action="append", default=[], metavar="ID|RELPATH", help="one image")
 
 
+def _add_few_shot_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("few-shot mode (episodic tasks; task and image influence)")
+    group.add_argument("--few-shot", action="store_true", help="meta-train on N-way K-shot tasks and score them")
+    group.add_argument("--ways", type=int, default=5, help="classes per task (default 5)")
+    group.add_argument("--shots", type=int, default=1, help="support images per class (default 1)")
+    group.add_argument("--queries", type=int, default=5, help="query images per class (default 5)")
+    group.add_argument("--learner", default="protonet", choices=LEARNERS, help="meta-learner (default protonet)")
+    group.add_argument("--verify", action="store_true", help="check the removal edit against retraining")
+    group.add_argument("--tasks", type=int, default=200, help="meta-training tasks (default 200)")
+    group.add_argument("--meta-steps", type=int, default=500, help="meta-training steps (default 500)")
+
+
 def _target_specs(args: argparse.Namespace) -> tuple[str, ...]:
     """The --target-* options as spec strings (see auditor.influence.targets)."""
     return (
@@ -79,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--split-field", default=None, help="its string field naming splits (default: split tags)")
     audit.add_argument("--embeddings-field", default=None, help="its vector field of embeddings for clusters and plot")
     _add_training_options(audit)
+    _add_few_shot_options(audit)
 
     demo = sub.add_parser("demo", help="build the planted-problem digits demo and audit it")
     demo.add_argument("--data-dir", default="reports/demo-data", help="where to write the demo images")
@@ -151,7 +164,14 @@ def _config_from_args(args: argparse.Namespace, *, data: str, data_format: str) 
         label_field=getattr(args, "label_field", "ground_truth"),
         split_field=getattr(args, "split_field", None),
         embeddings_field=getattr(args, "embeddings_field", None),
+        **_few_shot_settings(args),
     )
+
+
+def _few_shot_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The few-shot options of `audit` (absent on `demo`, which keeps the config defaults)."""
+    names = ("few_shot", "ways", "shots", "queries", "learner", "verify", "tasks", "meta_steps")
+    return {name: getattr(args, name) for name in names if hasattr(args, name)}
 
 
 def _run(args: argparse.Namespace) -> int:

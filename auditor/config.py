@@ -13,6 +13,7 @@ from typing import Any
 
 from auditor.errors import ConfigError
 
+LEARNERS = ("protonet", "maml")
 FORMATS = ("auto", "imagefolder", "csv", "omniglot", "mini-imagenet", "demo")
 _FIELD_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 
@@ -21,6 +22,8 @@ _NON_RESULT_FIELDS = frozenset({"overwrite", "fiftyone", "progress", "name", "ou
 # Options that only mean something for a FiftyOne source; left out of `result_settings` otherwise, so runs made
 # before they existed still resume.
 _FIFTYONE_SOURCE_FIELDS = frozenset({"fiftyone_dataset", "label_field", "split_field", "embeddings_field"})
+# Few-shot options: left out of `result_settings` for ordinary runs, so runs made before they existed still resume.
+_FEWSHOT_FIELDS = frozenset({"few_shot", "ways", "shots", "queries", "learner", "verify", "tasks", "meta_steps"})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -53,6 +56,16 @@ class AuditConfig:
     embeddings_field: str | None = field(default=None, metadata={"help": "FiftyOne vector field of embeddings."})
     progress: bool = field(default=True, metadata={"help": "Show progress bars on a TTY."})
     rules: str | None = field(default=None, metadata={"help": "Rule pack (YAML) the report stage gates the run with."})
+    few_shot: bool = field(
+        default=False, metadata={"help": "Episodic few-shot audit (auditor.fewshot) instead of a proxy."}
+    )
+    ways: int = field(default=5, metadata={"help": "Few-shot classes per task."})
+    shots: int = field(default=1, metadata={"help": "Few-shot support images per class."})
+    queries: int = field(default=5, metadata={"help": "Few-shot query images per class."})
+    learner: str = field(default="protonet", metadata={"help": f"Few-shot meta-learner: one of {LEARNERS}."})
+    verify: bool = field(default=False, metadata={"help": "Check the few-shot removal edit against retraining."})
+    tasks: int = field(default=200, metadata={"help": "Few-shot meta-training tasks (scored, removable)."})
+    meta_steps: int = field(default=500, metadata={"help": "Few-shot meta-training (Adam) steps."})
 
     def __post_init__(self) -> None:
         if self.format not in FORMATS:
@@ -76,6 +89,7 @@ class AuditConfig:
         if self.weights is not None and self.model == "auto":
             raise ConfigError("--weights needs --model pkg.module:factory naming the architecture")
         self._validate_fiftyone_source()
+        self._validate_few_shot()
         from auditor.influence.targets import parse_target
 
         names = [parse_target(spec).column for spec in self.targets]
@@ -106,6 +120,24 @@ class AuditConfig:
                 f"{self.fiftyone_dataset!r}"
             )
 
+    def _validate_few_shot(self) -> None:
+        if self.ways < 2:
+            raise ConfigError(f"--ways must be at least 2 (a task tells classes apart); got {self.ways}")
+        if self.shots < 1:
+            raise ConfigError(f"--shots must be at least 1; got {self.shots}")
+        if self.queries < 1:
+            raise ConfigError(f"--queries must be at least 1; got {self.queries}")
+        if self.learner not in LEARNERS:
+            raise ConfigError(f"--learner must be one of {', '.join(LEARNERS)}; got {self.learner!r}")
+        if self.tasks < 2:
+            raise ConfigError(f"--tasks must be at least 2; got {self.tasks}")
+        if self.meta_steps < 1:
+            raise ConfigError(f"--meta-steps must be at least 1; got {self.meta_steps}")
+        if self.few_shot and self.fiftyone_dataset is not None:
+            raise ConfigError("--few-shot reads images from DATA; it cannot be combined with --fiftyone DATASET")
+        if self.few_shot and (self.model != "auto" or self.targets):
+            raise ConfigError("--few-shot meta-trains its own Conv-4; --model and --target-* do not apply")
+
     @property
     def run_name(self) -> str:
         """The run's name: `name` if given, else the FiftyOne dataset's or the data folder's name without extension."""
@@ -129,4 +161,6 @@ class AuditConfig:
     def result_settings(self) -> dict[str, Any]:
         """The fields that change results; a run directory may only be resumed with equal ones."""
         skipped = _NON_RESULT_FIELDS if self.fiftyone_dataset else _NON_RESULT_FIELDS | _FIFTYONE_SOURCE_FIELDS
+        if not self.few_shot:
+            skipped = skipped | _FEWSHOT_FIELDS
         return {k: v for k, v in self.to_dict().items() if k not in skipped}

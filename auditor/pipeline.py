@@ -1,5 +1,6 @@
 """The audit as a sequence of resumable stages over one run directory: ingest, train, score, analyze, report,
-then (unless --no-fiftyone) fiftyone.
+then (unless --no-fiftyone) fiftyone. With --few-shot, one `fewshot` stage (auditor.fewshot.stage) replaces
+train, score and analyze.
 
 Each stage reads what earlier stages wrote through the RunStore and records its completion in the
 manifest, so a rerun resumes at the first unfinished stage. Composition, not inheritance.
@@ -41,6 +42,7 @@ from auditor.store import RunStore
 logger = logging.getLogger(__name__)
 
 STAGES = ("ingest", "train", "score", "analyze", "report", "fiftyone")
+FEWSHOT_STAGES = ("ingest", "fewshot", "report", "fiftyone")
 INGEST_TABLE = "ingest_samples"
 PIXELS_ARRAY = "pixels"
 CLASSES_FILE = "classes.json"
@@ -119,9 +121,12 @@ class Auditor:
         self.store.prepare(self.config.result_settings(), overwrite=self.config.overwrite, tool_version=__version__)
         try:
             self._stage("ingest", self._ingest)
-            self._stage("train", self._train)
-            self._stage("score", self._score)
-            self._stage("analyze", self._analyze)
+            if self.config.few_shot:  # episodic meta-training and task influence replace train/score/analyze
+                self._stage("fewshot", self._fewshot)
+            else:
+                self._stage("train", self._train)
+                self._stage("score", self._score)
+                self._stage("analyze", self._analyze)
             if self.config.rules is not None:  # a rule pack judges the run even when resuming a finished one
                 self.store.clear_stages_from(["report"])
             self._stage("report", self._report)
@@ -235,6 +240,11 @@ class Auditor:
             progress=self.config.progress,
             target_specs=self.config.targets,
         )
+
+    def _fewshot(self) -> None:
+        from auditor.fewshot.stage import run_fewshot_stage
+
+        run_fewshot_stage(self.store, self.config)
 
     def _analyze(self) -> None:
         from auditor.analysis.run import run_analysis

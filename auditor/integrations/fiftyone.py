@@ -547,13 +547,13 @@ def _write_fields(fo: Any, dataset: fo.Dataset, samples: pd.DataFrame, to_fo: di
     """One bulk `set_values` per audit column of `samples` (see `_value_fields`); return the fields written."""
     written = []
     for column, field in _value_fields(samples).items():
-        if column in samples.columns:
-            dataset.set_values(
-                field, _keyed(to_fo, samples[SAMPLE_ID], [_plain(v) for v in samples[column]]), key_field="id"
-            )
+        values = [_plain(v) for v in samples[column]] if column in samples.columns else []
+        # FiftyOne cannot infer a field's type from all-None values (no duplicates, no suggested labels): skip it.
+        if any(v is not None for v in values):
+            dataset.set_values(field, _keyed(to_fo, samples[SAMPLE_ID], values), key_field="id")
             written.append(field)
     for column, field in LABEL_FIELDS.items():
-        if column in samples.columns:
+        if column in samples.columns and samples[column].notna().any():
             labels = [None if _plain(v) is None else fo.Classification(label=str(v)) for v in samples[column]]
             dataset.set_values(field, _keyed(to_fo, samples[SAMPLE_ID], labels), key_field="id")
             written.append(field)

@@ -832,12 +832,89 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
+MAX_FEWSHOT_TASKS = 5
+MAX_FEWSHOT_IMAGES = 24
+
+
+class FewShotSection(Section):
+    """Few-shot runs only: the most harmful meta-training tasks as support/query strips, the most harmful images,
+    and the closed-form removal edit against retraining when the run was verified."""
+
+    name: ClassVar[str] = "fewshot"
+    title: ClassVar[str] = "Few-shot tasks"
+    template: ClassVar[str] = "sections/fewshot.html.j2"
+
+    def applies(self, tables: AuditTables) -> bool:
+        return isinstance(tables.metric("fewshot"), Mapping)
+
+    def build(self, tables: AuditTables) -> dict[str, Any]:
+        details = tables.analysis.get("fewshot") or {}
+        raw_tasks = list(details.get("top_tasks") or [])[:MAX_FEWSHOT_TASKS]
+        wanted = {str(s) for task in raw_tasks for s in [*task["support_ids"], *task["query_ids"]]}
+        cards = _cards_by_id(tables, wanted, STRIP_THUMBNAIL_SIZE)
+        tasks = [
+            {
+                "task_id": _text(task["task_id"]),
+                "score": to_plain(task["score"]),
+                "classes": [_text(c) for c in task["classes"]],
+                "support": [cards[str(s)] for s in task["support_ids"] if str(s) in cards],
+                "query": [cards[str(s)] for s in task["query_ids"] if str(s) in cards],
+            }
+            for task in raw_tasks
+        ]
+        samples = tables.samples
+        images: list[dict[str, Any]] = []
+        if HARM_SCORE in samples:
+            ranked = _rank(samples[samples[HARM_SCORE] > 0], HARM_SCORE).head(MAX_FEWSHOT_IMAGES)
+            images = [
+                {**_sample_card(row, STRIP_THUMBNAIL_SIZE), "score": to_plain(row[HARM_SCORE])}
+                for row in _records(ranked)
+            ]
+        return {
+            "learner": _text(details.get("learner", "")),
+            "ways": to_plain(tables.metric("fewshot.ways")),
+            "shots": to_plain(tables.metric("fewshot.shots")),
+            "queries": to_plain(tables.metric("fewshot.queries")),
+            "accuracy": to_plain(tables.metric("fewshot.accuracy")),
+            "n_tasks": to_plain(tables.metric("fewshot.n_train_tasks")),
+            "tasks": tasks,
+            "images": images,
+            "verify": _edit_vs_retrain(tables),
+        }
+
+
+def _edit_vs_retrain(tables: AuditTables) -> dict[str, Any] | None:
+    """Accuracy and seconds of the edit and of retraining, with bar widths relative to the larger of each pair."""
+    node = tables.metric("fewshot.edit_vs_retrain")
+    if not isinstance(node, Mapping):
+        return None
+    values = {key: to_plain(node.get(key)) for key in node}
+    longest = max(values.get("edit_seconds") or 0.0, values.get("retrain_seconds") or 0.0) or 1.0
+    rows = [
+        {
+            "name": name,
+            "accuracy": values.get(f"{key}_accuracy"),
+            "seconds": values.get(f"{key}_seconds"),
+            "width": round(100 * (values.get(f"{key}_seconds") or 0.0) / longest, 1),
+        }
+        for name, key in (("closed-form edit", "edit"), ("retraining", "retrain"))
+    ]
+    return {
+        "rows": rows,
+        "accuracy_gap": values.get("accuracy_gap"),
+        "speedup": values.get("speedup"),
+        "n_removed": to_plain(tables.metric("fewshot.removed.n_tasks")),
+        "original_accuracy": to_plain(tables.metric("fewshot.accuracy")),
+    }
+
+
 SECTIONS: tuple[type[Section], ...] = (
     GateSection,
     OverviewSection,
     DemoCheckSection,
     LabelIssuesSection,
     HarmfulSection,
+    FewShotSection,
     TargetsSection,
     SlicesSection,
     ClustersSection,
