@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import HANG_GUARD_S, cli_env, run_cli
+from tests.scale.conftest import HANG_GUARD_S, cli_env, run_cli
 
 from auditor.influence.distributed import gather_rows, shard_bounds
 
