@@ -175,6 +175,10 @@ def _few_shot_settings(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _run(args: argparse.Namespace) -> int:
+    if _distributed_launch() and args.command not in ("audit", "score"):
+        raise AuditorError(
+            f"only `auditor audit` and `auditor score` run under torchrun; run `auditor {args.command}` as one process"
+        )
     if args.command in ("check", "rules"):
         return _run_gate_command(args)
     if args.command in ("app", "fiftyone"):
@@ -191,8 +195,6 @@ def _run(args: argparse.Namespace) -> int:
         run_dir = rescore_run(args.run, overwrite=args.overwrite)
         logger.info("Scored again: %s", run_dir)
         return EXIT_OK
-    if _distributed_launch():
-        raise AuditorError(f"only `auditor score` runs under torchrun; run `auditor {args.command}` as one process")
     # imported here, not at the top: it loads torch (seconds), which re-rendering a report never needs
     from auditor.pipeline import run_audit
 
@@ -267,7 +269,10 @@ def _today() -> date:
 
 
 def _print_gate(outcome: GateOutcome) -> int:
-    """Print every rule that did not pass and the verdict; return exit code 1 if the gate failed, else 0."""
+    """Print every rule that did not pass and the verdict; return exit code 1 if the gate failed, else 0.
+    Under torchrun only rank 0 prints (every rank returns the code)."""
+    if _secondary_rank():
+        return EXIT_GATE_FAILED if outcome.failed else EXIT_OK
     for result in outcome.results:
         if result["status"] != "pass" or result["expired_waiver"]:
             print(f"{result['status'].upper():8} {result['severity']:8} {result['rule_id']}: {result['message']}")

@@ -13,6 +13,7 @@ import logging
 import platform
 import shutil
 from dataclasses import dataclass, replace
+from datetime import timedelta
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,8 @@ INGEST_TABLE = "ingest_samples"
 PIXELS_ARRAY = "pixels"
 CLASSES_FILE = "classes.json"
 DEMO_CHECK_FILE = "demo_check.json"
+# Under torchrun, ranks > 0 wait while rank 0 ingests and trains: the collective timeout must outlast training.
+DISTRIBUTED_TIMEOUT = timedelta(hours=24)
 _VERSIONED_PACKAGES = (
     "torch",
     "torchvision",
@@ -110,7 +113,68 @@ class Auditor:
         self.store = RunStore(self.config.run_dir)
 
     def run(self) -> AuditResult:
-        """Run every unfinished stage and return the result."""
+        """Run every unfinished stage and return the result (under torchrun: see _run_distributed)."""
+        from auditor.influence.distributed import launched_distributed
+
+        if launched_distributed():
+            return self._run_distributed()
+        self._prepared(self._all_stages)
+        self._push_fiftyone()
+        return load_result(self.store)
+
+    def _all_stages(self) -> None:
+        self._front_stages()
+        if self.config.few_shot:  # episodic meta-training and task influence replace train/score/analyze
+            self._stage("fewshot", self._fewshot)
+        else:
+            self._stage("score", self._score)
+            self._stage("analyze", self._analyze)
+        self._report_stages()
+
+    def _run_distributed(self) -> AuditResult:
+        """`torchrun ... -m auditor audit`: rank 0 ingests and trains while the others wait, every rank scores
+        its block of rows, rank 0 analyzes, reports and pushes to FiftyOne. Rank 0's errors reach every rank."""
+        from auditor.influence.distributed import barrier, broadcast_from_primary, process_group
+
+        if self.config.few_shot:
+            raise AuditorError("--few-shot meta-trains and scores in one process; run it without torchrun")
+        with process_group(timeout=DISTRIBUTED_TIMEOUT) as world:
+            error = self._primary_only(world.primary, lambda: self._prepared(self._front_stages))
+            error, score_done = broadcast_from_primary((error, world.primary and self.store.stage_done("score")))
+            self._raise_if(error)
+            if not score_done:
+                logger.info("Stage score (%d processes)", world.size)
+                self._score()  # collective: each rank its block of rows, gathered on every rank
+                if world.primary:
+                    self.store.mark_stage_done("score")
+            error = self._primary_only(world.primary, self._back_stages)
+            error = broadcast_from_primary(error)
+            barrier()
+        self._raise_if(error)
+        return load_result(self.store)
+
+    def _primary_only(self, primary: bool, work: Any) -> str | None:
+        """Run `work` on rank 0 and return its error message (None if it worked), for rank 0 to broadcast so
+        that no rank waits for it forever; rank 0 re-raises the error itself in _raise_if."""
+        self._primary_error: Exception | None = None
+        if not primary:
+            return None
+        try:
+            work()
+        except Exception as exc:
+            self._primary_error = exc
+            return str(exc) if isinstance(exc, AuditorError) else f"rank 0 failed: {type(exc).__name__}: {exc}"
+        return None
+
+    def _raise_if(self, error: str | None) -> None:
+        if error is None:
+            return
+        if self._primary_error is not None:
+            raise self._primary_error
+        raise AuditorError(error)
+
+    def _prepared(self, work: Any) -> None:
+        """Run `work` in a prepared run directory; bad input never leaves a half-made run directory behind."""
         from auditor import __version__
 
         if self.config.weights is not None:  # an unsafe or corrupt file fails before the run directory exists
@@ -120,28 +184,37 @@ class Auditor:
         created = self.config.overwrite or not self.store.exists()
         self.store.prepare(self.config.result_settings(), overwrite=self.config.overwrite, tool_version=__version__)
         try:
-            self._stage("ingest", self._ingest)
-            if self.config.few_shot:  # episodic meta-training and task influence replace train/score/analyze
-                self._stage("fewshot", self._fewshot)
-            else:
-                self._stage("train", self._train)
-                self._stage("score", self._score)
-                self._stage("analyze", self._analyze)
-            if self.config.rules is not None:  # a rule pack judges the run even when resuming a finished one
-                self.store.clear_stages_from(["report"])
-            self._stage("report", self._report)
+            work()
         except AuditorError:
-            # Bad input (data, model, weights, targets) never leaves a half-made run directory behind; a run
-            # that existed before keeps what it had, so it still resumes.
+            # A run that existed before keeps what it had, so it still resumes.
             if created:
                 shutil.rmtree(self.store.root, ignore_errors=True)
             raise
+
+    def _front_stages(self) -> None:
+        """What one process does before scoring: ingest, and train unless the audit is few-shot."""
+        self._stage("ingest", self._ingest)
+        if not self.config.few_shot:
+            self._stage("train", self._train)
+
+    def _back_stages(self) -> None:
+        """Rank 0's share after a sharded score: analyze, report, FiftyOne."""
+        self._stage("analyze", self._analyze)
+        self._report_stages()
+        self._push_fiftyone()
+
+    def _report_stages(self) -> None:
+        """Report, always again when a rule pack judges the run."""
+        if self.config.rules is not None:  # a rule pack judges the run even when resuming a finished one
+            self.store.clear_stages_from(["report"])
+        self._stage("report", self._report)
+
+    def _push_fiftyone(self) -> None:
         if self.config.fiftyone:
             # Always pushed again: the FiftyOne database is outside the run directory, and a push is idempotent.
             logger.info("Stage fiftyone")
             self._fiftyone()
             self.store.mark_stage_done("fiftyone")
-        return load_result(self.store)
 
     def _stage(self, name: str, work: Any) -> None:
         if self.store.stage_done(name):

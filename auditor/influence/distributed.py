@@ -13,6 +13,8 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
 
 import numpy as np
 import torch
@@ -47,15 +49,19 @@ def launched_distributed() -> bool:
 
 
 @contextmanager
-def process_group() -> Iterator[World]:
-    """Join the torchrun job for the block (NCCL with CUDA, else gloo), then leave it; a no-op without torchrun."""
+def process_group(timeout: timedelta | None = None) -> Iterator[World]:
+    """Join the torchrun job for the block (NCCL with CUDA, else gloo), then leave it; a no-op without torchrun.
+
+    `timeout` bounds every collective call, so it must exceed the longest time one rank works alone (under
+    `audit`, rank 0 trains while the others wait); None keeps torch's default (30 minutes on gloo).
+    """
     if not launched_distributed() or not dist.is_available() or dist.is_initialized():
         yield current_world()
         return
     backend = choose_backend()
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    dist.init_process_group(backend)
+    dist.init_process_group(backend, timeout=timeout)
     world = current_world()
     logger.info("Joined a %s job as rank %d of %d", backend, world.rank, world.size)
     try:
@@ -80,6 +86,15 @@ def barrier() -> None:
     """Wait for every rank (no-op in one process)."""
     if current_world().size > 1:
         dist.barrier()
+
+
+def broadcast_from_primary(value: Any) -> Any:
+    """Rank 0's `value` (any picklable object) on every rank; `value` itself in one process."""
+    if current_world().size == 1:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def shard_bounds(n: int, rank: int, size: int) -> tuple[int, int]:

@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from tests.scale.conftest import HANG_GUARD_S, cli_env, run_cli
 
 from auditor.influence.distributed import gather_rows, shard_bounds
+from tests.scale.conftest import FAST_FLAGS, HANG_GUARD_S, cli_env, run_cli
 
 
 def _copy(run: Path, tmp_path: Path, name: str) -> Path:
@@ -113,12 +113,47 @@ def test_torchrun_two_ranks_give_the_one_process_scores(reference_run: Path, tmp
     assert not list(sharded.rglob("*.tmp"))
 
 
-def test_audit_refuses_to_run_under_torchrun(tiny_folder: Path, tmp_path: Path) -> None:
-    # Training is not sharded: N ranks would each train the same models into one run directory.
+def _torchrun(*args: str) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    return subprocess.run(
+        [*command, "-m", "auditor", *args], env=cli_env(), capture_output=True, text=True, timeout=HANG_GUARD_S
+    )
+
+
+def test_torchrun_audit_trains_once_and_scores_sharded_like_one_process(
+    tiny_folder: Path, reference_run: Path, tmp_path: Path
+) -> None:
     out = tmp_path / "run"
-    done = run_cli("audit", str(tiny_folder), "--out", str(out), "--no-fiftyone", WORLD_SIZE="2", RANK="0")
+    done = _torchrun("audit", str(tiny_folder), "--out", str(out), *FAST_FLAGS)
+
+    assert done.returncode == 0, done.stderr
+    assert "Joined a gloo job as rank 0 of 2" in done.stderr
+    assert done.stderr.count("Stage train") == 1  # rank 0 trained; rank 1 waited (its INFO lines are muted)
+    assert "tracin main: rank 0 of 2 scores rows [0, " in done.stderr
+    # Training is one process either way, so the models and everything before scoring are identical.
+    for name in ("samples.parquet", "findings.json"):
+        assert (out / name).is_file(), name
+    expected, got = pd.read_parquet(reference_run / "scores.parquet"), pd.read_parquet(out / "scores.parquet")
+    assert got["sample_id"].tolist() == expected["sample_id"].tolist()
+    for column in expected.columns.drop("sample_id"):
+        assert _max_relative_difference(expected[column], got[column]) <= 1e-4, column
+    stages = json.loads((out / "manifest.json").read_text())["stages_done"]
+    assert stages == ["ingest", "train", "score", "analyze", "report"]
+    assert not list(out.rglob("*.tmp"))
+
+
+def test_torchrun_audit_reports_rank_0s_input_error_on_every_rank(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    done = _torchrun("audit", str(tmp_path / "missing"), "--out", str(out), "--no-fiftyone")
+    assert done.returncode != 0
+    assert done.stderr.count("auditor: error:") == 2  # both ranks say it, neither waits for the other
+    assert not out.exists()
+
+
+def test_other_commands_refuse_to_run_under_torchrun(reference_run: Path) -> None:
+    done = run_cli("report", str(reference_run), WORLD_SIZE="2", RANK="0")
     assert done.returncode == 2
     assert done.stderr.strip() == (
-        "auditor: error: only `auditor score` runs under torchrun; run `auditor audit` as one process"
+        "auditor: error: only `auditor audit` and `auditor score` run under torchrun; "
+        "run `auditor report` as one process"
     )
-    assert not out.exists()
