@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+
 from tests.scale.conftest import FAST_FLAGS, HANG_GUARD_S, auditor_command, cli_env, run_cli
 
 _POLL_S = 0.005
