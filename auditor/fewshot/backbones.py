@@ -20,8 +20,10 @@ from auditor.models.architectures import Conv4
 class FunctionalBackbone:
     """Wraps an `nn.Module`; `backbone(params, x)` runs it with its parameters taken from the flat `params`."""
 
-    def __init__(self, module: nn.Module) -> None:
+    def __init__(self, module: nn.Module, body: nn.Module | None = None) -> None:
         self.module = module
+        # The part that embeds (the module without a per-way linear head, if it has one).
+        self.body = module if body is None else body
         self.names = [name for name, _ in module.named_parameters()]
         self.shapes = [p.shape for _, p in module.named_parameters()]
         self.sizes = [p.numel() for _, p in module.named_parameters()]
@@ -47,6 +49,16 @@ class FunctionalBackbone:
         out: torch.Tensor = functional_call(self.module, self.unflatten(params), (x,))
         return out
 
+    def embed(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The body's output (the embedding) at `params`, which are the whole module's flat parameters."""
+        if self.body is self.module:
+            return self(params, x)
+        full = self.unflatten(params)
+        name_of = {id(p): name for name, p in self.module.named_parameters()}
+        mine = {name: full[name_of[id(p)]] for name, p in self.body.named_parameters()}
+        out: torch.Tensor = functional_call(self.body, mine, (x,))
+        return out
+
 
 class MLPBackbone(FunctionalBackbone):
     """Flatten, then Linear(-ReLU) layers of widths `hidden`, then Linear to `out_features` (linear if hidden=()).
@@ -63,7 +75,9 @@ class MLPBackbone(FunctionalBackbone):
             layers.append(nn.Linear(widths[i], widths[i + 1]))
             if relu and i < len(widths) - 2:
                 layers.append(nn.ReLU())
-        super().__init__(nn.Sequential(*layers))
+        net = nn.Sequential(*layers)
+        # As a MAML network its body is all but the last Linear (the per-way head); ProtoNet embeds with all of it.
+        super().__init__(net, net[:-1])
 
 
 class _BatchStatNorm2d(nn.Module):
@@ -101,4 +115,4 @@ class Conv4Backbone(FunctionalBackbone):
                         block[i] = _BatchStatNorm2d(layer.num_features, eps=layer.eps)
                     elif isinstance(layer, nn.ReLU):
                         layer.inplace = False  # autograd-of-autograd must not see in-place ops
-        super().__init__(net.features if out_features is None else net)
+        super().__init__(net.features if out_features is None else net, net.features)

@@ -99,6 +99,10 @@ class MetaLearner(ABC):
     def query_logits(self, params: torch.Tensor, task: TaskBatch) -> torch.Tensor:
         """Adapted logits for the query set (no graph kept to `params`)."""
 
+    def embed(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The meta-learned features of `x`: the backbone without its per-way head."""
+        return self.backbone.embed(params, x)
+
 
 class ProtoNet(MetaLearner):
     """Prototypical network: prototypes are (weighted) class means of the embedded support images, logits the
@@ -125,6 +129,10 @@ class ProtoNet(MetaLearner):
     def query_logits(self, params: torch.Tensor, task: TaskBatch) -> torch.Tensor:
         with torch.no_grad():
             return self.adapted_logits(params, task)
+
+    def embed(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The whole backbone is the embedding the prototypes live in."""
+        return self.backbone(params, x)
 
 
 def _squared_distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

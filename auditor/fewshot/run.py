@@ -26,9 +26,10 @@ from auditor.fewshot.influence import (
     compute_task_influence,
     edit_without_tasks,
 )
+from auditor.fewshot.label_issues import PrototypeLabelScores, embed_all, prototype_label_scores
 from auditor.fewshot.learners import MAML, MetaLearner, ProtoNet, TaskBatch, materialize_tasks
 from auditor.fewshot.training import MetaTrainSettings, evaluate_accuracy, evaluate_loss, train_meta
-from auditor.schema import HARM_SCORE, LABEL, LABEL_ISSUE_SCORE, SAMPLE_ID
+from auditor.schema import HARM_SCORE, LABEL, LABEL_ISSUE_SCORE, SAMPLE_ID, SUGGESTED_LABEL
 
 logger = logging.getLogger(__name__)
 
@@ -70,8 +71,9 @@ class FewShotOptions:
 class FewShotResult:
     """task_scores: one row per meta-training task (task_id, support_ids, query_ids, classes, score,
     predicted_val_loss_change, is_noisy_suspect = in the removed top share). sample_scores: one row per sample
-    (sample_id, label, n_support, n_query, support_score, query_score, harm_score, label_issue_score; NaN for
-    samples in no meta-training task). metrics: dotted paths. Scores: higher = more harmful."""
+    (sample_id, label, n_support, n_query, support_score, query_score, harm_score: NaN for samples in no
+    meta-training task; label_issue_score, suggested_label: every sample). metrics: dotted paths. Scores: higher =
+    more harmful / more likely mislabelled."""
 
     task_scores: pd.DataFrame
     sample_scores: pd.DataFrame
@@ -112,11 +114,17 @@ def _as_tensor(samples: pd.DataFrame, pixels: np.ndarray) -> torch.Tensor:
 
 
 def compute_sample_scores(
-    samples: pd.DataFrame, tasks: TaskSet, support_scores: np.ndarray, query_scores: np.ndarray
+    samples: pd.DataFrame,
+    tasks: TaskSet,
+    support_scores: np.ndarray,
+    query_scores: np.ndarray,
+    label_scores: PrototypeLabelScores,
+    classes: list[str],
 ) -> pd.DataFrame:
-    """Per-sample sums of instance scores over every meta-training task the sample appears in. harm_score is the
-    sum (removing the sample from all its tasks, to first order); label_issue_score the mean per appearance, so
-    a sample seen in many tasks is not ranked high for being frequent."""
+    """Per-sample sums of instance scores over every meta-training task the sample appears in: harm_score is the
+    sum (removing the sample from all its tasks, to first order; NaN for a sample in no task). label_issue_score
+    and suggested_label come from the leave-one-out prototypes (auditor.fewshot.label_issues) and cover every
+    sample, including those of the validation and test class pools."""
     n = len(samples)
     n_support = np.bincount(tasks.support_rows.ravel(), minlength=n)
     n_query = np.bincount(tasks.query_rows.ravel(), minlength=n)
@@ -134,7 +142,8 @@ def compute_sample_scores(
             "support_score": np.where(seen, support_sum, np.nan),
             "query_score": np.where(seen, query_sum, np.nan),
             HARM_SCORE: harm,
-            LABEL_ISSUE_SCORE: harm / np.maximum(appearances, 1),
+            LABEL_ISSUE_SCORE: label_scores.loss,
+            SUGGESTED_LABEL: np.asarray(classes, dtype=object)[label_scores.suggested],
         }
     )
 
@@ -184,6 +193,9 @@ def run_fewshot_audit(
         meta, params, train, val, weight_decay=settings.weight_decay, settings=options.influence
     )
     support_scores, query_scores = compute_instance_influence(meta, params, train, influence.inverse_hvp)
+    classes = sorted(samples[LABEL].astype(str).unique())
+    label_index = pd.Categorical(samples[LABEL].astype(str), categories=classes).codes
+    label_scores = prototype_label_scores(embed_all(meta, params, inputs), label_index)
     scoring_s = time.perf_counter() - start
     n_removed = max(1, round(options.removal_fraction * len(train)))
     removed = np.argsort(-influence.scores, kind="stable")[:n_removed]
@@ -220,7 +232,7 @@ def run_fewshot_audit(
         )
     return FewShotResult(
         task_scores=task_scores,
-        sample_scores=compute_sample_scores(samples, splits.train, support_scores, query_scores),
+        sample_scores=compute_sample_scores(samples, splits.train, support_scores, query_scores, label_scores, classes),
         metrics=metrics,
         params=params,
         splits=splits,

@@ -35,7 +35,6 @@ from auditor.schema import (
     METRICS_FILE,
     SAMPLE_ID,
     SAMPLES_TABLE,
-    SUGGESTED_LABEL,
 )
 from auditor.store import RunStore
 
@@ -119,7 +118,6 @@ def build_samples_table(samples: pd.DataFrame, result: FewShotResult) -> pd.Data
     scores = result.sample_scores.drop(columns=[LABEL])
     table = samples.merge(scores, on=SAMPLE_ID, how="left", validate="one_to_one")
     table[IS_LABEL_ISSUE] = robust_outliers(table[LABEL_ISSUE_SCORE].to_numpy(dtype=float))
-    table[SUGGESTED_LABEL] = None  # instance influence says a sample hurts, not which class it belongs to
     table[IS_HARMFUL] = robust_outliers(table[HARM_SCORE].to_numpy(dtype=float))
     group_of = {sid: g.group_id for g in find_exact_duplicates(table) for sid in g.sample_ids}
     table[DUPLICATE_GROUP] = table[SAMPLE_ID].map(group_of)
@@ -178,9 +176,21 @@ def build_findings(table: pd.DataFrame, tasks: pd.DataFrame, config: AuditConfig
                 },
             )
         )
-    for column, flag, kind, what in (
-        (LABEL_ISSUE_SCORE, IS_LABEL_ISSUE, "label_issue", "likely mislabelled (harm per task appearance)"),
-        (HARM_SCORE, IS_HARMFUL, "harmful", "predicted to raise the validation-task loss"),
+    for column, flag, kind, what, method in (
+        (
+            LABEL_ISSUE_SCORE,
+            IS_LABEL_ISSUE,
+            "label_issue",
+            "likely mislabelled (far from its class once left out of its prototype)",
+            "leave-one-out prototype loss in the meta-learned embedding",
+        ),
+        (
+            HARM_SCORE,
+            IS_HARMFUL,
+            "harmful",
+            "predicted to raise the validation-task loss",
+            "instance influence in few-shot tasks",
+        ),
     ):
         flagged = table[table[flag]].sort_values([column, SAMPLE_ID], ascending=[False, True])
         if len(flagged):
@@ -191,7 +201,7 @@ def build_findings(table: pd.DataFrame, tasks: pd.DataFrame, config: AuditConfig
                     "warning",
                     f"{len(flagged)} image(s) {what}",
                     flagged[SAMPLE_ID].astype(str).tolist(),
-                    {"method": f"instance influence in few-shot tasks; {column} robust z > 3.5", "column": column},
+                    {"method": f"{method}; {column} robust z > 3.5", "column": column},
                 )
             )
     return findings

@@ -1,0 +1,69 @@
+"""Few-shot label issues: each image's leave-one-out loss under the meta-learned embedding's class prototypes.
+
+A ProtoNet classifies an image by its distance to class prototypes (means of embedded images). Leaving image i out
+of its own class's prototype and asking which class it then belongs to is the exact, closed-form effect of
+removing i on its own prediction: the instance-level self-influence that approximate methods estimate. An image
+filed under the wrong class sits far from its class once it no longer pulls that prototype towards itself, so
+its leave-one-out loss is high and the nearest prototype is the suggested label. Task-level influence on the
+validation tasks (harm_score) does not separate these: a mislabelled image hurts the tasks it is in about as
+much as an ordinary hard one.
+
+For MAML the same is computed on the backbone without its per-way linear head (the meta-learned features).
+Cost: one forward per image plus an n x C distance matrix, computed in blocks of rows; classes with a single
+image have no leave-one-out prototype and get NaN.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from auditor.fewshot.learners import MetaLearner
+
+EMBED_BATCH = 256
+
+
+@dataclass(frozen=True)
+class PrototypeLabelScores:
+    """loss: cross-entropy of the given label against leave-one-out prototypes (higher = more likely mislabelled;
+    NaN for singleton classes); suggested: index into the class list of the nearest leave-one-out prototype."""
+
+    loss: np.ndarray
+    suggested: np.ndarray
+
+
+def embed_all(learner: MetaLearner, params: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+    """Embeddings of every row, in fixed blocks of rows (BatchNorm uses batch statistics, so blocks are fixed)."""
+    with torch.no_grad():
+        blocks = [learner.embed(params, inputs[i : i + EMBED_BATCH]) for i in range(0, len(inputs), EMBED_BATCH)]
+    return torch.cat(blocks).reshape(len(inputs), -1).to(torch.float64)
+
+
+def prototype_label_scores(embeddings: torch.Tensor, labels: np.ndarray, *, block: int = 1024) -> PrototypeLabelScores:
+    """Leave-one-out prototype loss and nearest class of every row; `labels` are integer class indices."""
+    n = len(labels)
+    y = torch.as_tensor(np.array(labels, dtype=np.int64))
+    n_classes = int(y.max()) + 1 if n else 0
+    onehot = F.one_hot(y, n_classes).to(embeddings.dtype)
+    sums = onehot.T @ embeddings
+    counts = onehot.sum(0)
+    prototypes = sums / counts.clamp_min(1)[:, None]
+    loss = np.full(n, np.nan)
+    suggested = np.zeros(n, dtype=np.int64)
+    for start in range(0, n, block):
+        rows = torch.arange(start, min(start + block, n))
+        x, own = embeddings[rows], y[rows]
+        distances = torch.cdist(x, prototypes).pow(2)
+        own_count = counts[own]
+        # The own class's mean without this row: (sum - x) / (count - 1).
+        loo = (sums[own] - x) / (own_count - 1).clamp_min(1)[:, None]
+        distances[torch.arange(len(rows)), own] = (x - loo).pow(2).sum(1)
+        logits = -distances
+        block_loss = F.cross_entropy(logits, own, reduction="none")
+        block_loss[own_count < 2] = float("nan")
+        loss[rows.numpy()] = block_loss.numpy()
+        suggested[rows.numpy()] = logits.argmax(1).numpy()
+    return PrototypeLabelScores(loss=loss, suggested=suggested)

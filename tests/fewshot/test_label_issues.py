@@ -1,0 +1,72 @@
+"""Leave-one-out prototype label scores against a brute-force oracle, and on a planted mislabel."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from auditor.fewshot.backbones import Conv4Backbone, MLPBackbone
+from auditor.fewshot.label_issues import prototype_label_scores
+from auditor.fewshot.learners import MAML, ProtoNet
+
+
+def _brute_force(embeddings: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Recompute every prototype with row i removed, row by row."""
+    n_classes = labels.max() + 1
+    losses, nearest = np.full(len(labels), np.nan), np.zeros(len(labels), dtype=int)
+    for i in range(len(labels)):
+        keep = np.arange(len(labels)) != i
+        if (labels[keep] == labels[i]).sum() == 0:
+            continue
+        prototypes = np.stack([embeddings[keep & (labels == c)].mean(0) for c in range(n_classes)])
+        logits = -((embeddings[i] - prototypes) ** 2).sum(1)
+        losses[i] = F.cross_entropy(torch.tensor(logits[None]), torch.tensor([labels[i]])).item()
+        nearest[i] = int(np.argmax(logits))
+    return losses, nearest
+
+
+def test_matches_the_brute_force_leave_one_out_in_blocks() -> None:
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(4), 5)
+    embeddings = rng.normal(size=(20, 3)) + labels[:, None] * 1.5
+    expected_loss, expected_nearest = _brute_force(embeddings, labels)
+    got = prototype_label_scores(torch.tensor(embeddings), labels, block=7)  # blocks that split classes
+    np.testing.assert_allclose(got.loss, expected_loss, rtol=1e-10)
+    np.testing.assert_array_equal(got.suggested, expected_nearest)
+
+
+def test_a_planted_mislabel_scores_highest_and_is_sent_home() -> None:
+    rng = np.random.default_rng(1)
+    labels = np.repeat(np.arange(3), 8)
+    embeddings = rng.normal(scale=0.3, size=(24, 2)) + np.array([[0, 0], [4, 0], [0, 4]])[labels]
+    noisy = labels.copy()
+    noisy[5] = 2  # an image of class 0 filed under class 2
+    got = prototype_label_scores(torch.tensor(embeddings), noisy)
+    assert int(np.argmax(got.loss)) == 5
+    assert got.suggested[5] == 0
+
+
+def test_a_singleton_class_has_no_score() -> None:
+    labels = np.array([0, 0, 1])
+    got = prototype_label_scores(torch.tensor([[0.0], [0.1], [5.0]]), labels)
+    assert np.isnan(got.loss[2])
+    assert np.isfinite(got.loss[:2]).all()
+
+
+def test_maml_embeds_without_its_per_way_head_and_protonet_with_the_whole_network() -> None:
+    x = torch.randn(6, 1, 16, 16)
+    maml_backbone = Conv4Backbone(1, image_size=16, out_features=5, width=8)
+    params = maml_backbone.init_params(0)
+    assert MAML(maml_backbone, inner_lr=0.1, inner_steps=1).embed(params, x).shape == (
+        6,
+        8,
+    )  # the width, not the 5 ways
+    assert maml_backbone(params, x).shape == (6, 5)
+    proto_backbone = Conv4Backbone(1, image_size=16, out_features=None, width=8)
+    assert ProtoNet(proto_backbone).embed(proto_backbone.init_params(0), x).shape == (6, 8)
+    mlp = MLPBackbone(4, 3, hidden=(6,))
+    flat = mlp.init_params(0, dtype=torch.float64)
+    features = torch.randn(5, 4, dtype=torch.float64)
+    assert MAML(mlp, inner_lr=0.1, inner_steps=1).embed(flat, features).shape == (5, 6)
+    assert ProtoNet(mlp).embed(flat, features).shape == (5, 3)
