@@ -1,12 +1,18 @@
-"""Few-shot task influence on Omniglot small1 (28x28, 5-way 1-shot, Conv-4): ProtoNet and first-order MAML.
+"""Few-shot task influence on Omniglot small1 (28x28) or the Mini-ImageNet subset (5-way 1-shot, Conv-4): ProtoNet
+and first-order MAML.
 
 For each learner: meta-train on a fixed task set in which 20% of tasks have shuffled labels, score every task by
 task-level influence on validation tasks (held-out classes), report the planted-noise recall in the top 40%, then
 remove the 40% most harmful tasks by the closed-form edit and by retraining (same initialisation and schedule),
-and do the same for a random 40%. Accuracy is measured on test tasks over a third class pool. Runs on one CPU
-thread (the machine is shared); writes benchmarks/results/fewshot_omniglot.json.
+and do the same for a random 40% and for the 40% a TracIn-style score (gradient dot product with the validation
+gradient, one checkpoint) calls most harmful. Accuracy is measured on test tasks over a third class pool. A
+task-level LDS (Spearman correlation of predicted and actual validation loss over retrainings on random halves of
+the tasks) is reported for task-IF and TracIn. Separately, 10% of images are moved to another character and the
+few-shot audit's instance-level `label_issue_score` is scored by AUROC / AP against them. Runs on one CPU thread
+(the machine is shared); writes benchmarks/results/fewshot_<dataset>.json.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/fewshot_omniglot.py [--learners protonet,maml] [--steps 400]
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/fewshot_omniglot.py --dataset mini-imagenet --size 42
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import io
 import json
 import logging
 import os
+import sys
 import time
 import zipfile
 from dataclasses import replace
@@ -23,19 +30,30 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 from PIL import Image
+from scipy.stats import spearmanr
+from sklearn.metrics import average_precision_score, roc_auc_score
 
 from auditor.fewshot.backbones import Conv4Backbone
 from auditor.fewshot.episodes import build_episode_splits, plant_task_noise
-from auditor.fewshot.influence import InfluenceSettings, compute_task_influence, edit_without_tasks
+from auditor.fewshot.influence import (
+    InfluenceSettings,
+    compute_task_influence,
+    edit_without_tasks,
+    mean_gradient,
+    task_gradient,
+)
 from auditor.fewshot.learners import MAML, MetaLearner, ProtoNet, TaskBatch, materialize_tasks
-from auditor.fewshot.training import MetaTrainSettings, evaluate_accuracy, train_meta
+from auditor.fewshot.run import FewShotOptions, run_fewshot_audit
+from auditor.fewshot.training import MetaTrainSettings, evaluate_accuracy, evaluate_loss, train_meta
 
 logger = logging.getLogger("benchmarks.fewshot_omniglot")
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("AUDITOR_SHARED_DATA", REPO.parent / "shared" / "data"))
 ZIP = SHARED_DATA / "omniglot" / "images_background_small1.zip"
+MINI_IMAGENET = SHARED_DATA / "mini_imagenet"
 
 
 def load_omniglot(path: Path, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -51,11 +69,28 @@ def load_omniglot(path: Path, size: int) -> tuple[np.ndarray, np.ndarray]:
     return np.stack(images)[:, None], np.asarray(labels, dtype=object)
 
 
-def make_learner(name: str, width: int) -> MetaLearner:
+def load_mini_imagenet(root: Path, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pixels [n, 3, size, size] in [0, 1] and wnid labels; the train/val/test CSVs pooled (their classes are
+    disjoint; the benchmark splits classes itself, as for Omniglot)."""
+    images, labels = [], []
+    for split in ("train", "val", "test"):
+        table = pd.read_csv(root / f"{split}.csv")
+        for filename, label in zip(table["filename"], table["label"], strict=True):
+            with Image.open(root / "images" / filename) as image:
+                small = image.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
+            images.append(np.asarray(small, dtype=np.float32).transpose(2, 0, 1) / 255.0)
+            labels.append(label)
+    return np.stack(images), np.asarray(labels, dtype=object)
+
+
+def make_learner(name: str, width: int, channels: int = 1, size: int = 28) -> MetaLearner:
     if name == "protonet":
-        return ProtoNet(Conv4Backbone(1, image_size=28, out_features=None, width=width))
+        return ProtoNet(Conv4Backbone(channels, image_size=size, out_features=None, width=width))
     return MAML(
-        Conv4Backbone(1, image_size=28, out_features=5, width=width), inner_lr=0.4, inner_steps=1, second_order=False
+        Conv4Backbone(channels, image_size=size, out_features=5, width=width),
+        inner_lr=0.4,
+        inner_steps=1,
+        second_order=False,
     )
 
 
@@ -81,7 +116,7 @@ def run_learner(name: str, pixels: torch.Tensor, labels: np.ndarray, args: argpa
     )
     noisy_tasks, noisy = plant_task_noise(splits.train, fraction=0.2, seed=args.seed)
     train, val, test = (materialize_tasks(s, pixels) for s in (noisy_tasks, splits.val, splits.test))
-    learner = make_learner(name, args.width)
+    learner = make_learner(name, args.width, channels=pixels.shape[1], size=pixels.shape[-1])
     initial = learner.backbone.init_params(args.seed)
     settings = MetaTrainSettings(
         steps=args.steps, meta_batch=args.meta_batch, learning_rate=1e-3, weight_decay=args.weight_decay, seed=args.seed
@@ -112,10 +147,16 @@ def run_learner(name: str, pixels: torch.Tensor, labels: np.ndarray, args: argpa
         "%s: scored %d tasks in %.0fs; planted-noise recall in top 40%% = %.3f", name, len(train), scoring_s, recall
     )
 
+    # TracIn with one checkpoint: a step on task t changes the validation loss by -lr * g_val . g_t, so the
+    # most harmful tasks have the most negative dot product.
+    val_gradient = mean_gradient(learner, params, val)
+    tracin_harm = np.array([-float(task_gradient(learner, params, task) @ val_gradient) for task in train])
+    by_tracin = np.argsort(-tracin_harm, kind="stable")[:n_removed]
+
     rng = np.random.default_rng(args.seed + 100)
     random = np.sort(rng.choice(len(train), size=n_removed, replace=False))
     removals: dict[str, Any] = {}
-    for label, removed in (("harmful", harmful), ("random", random)):
+    for label, removed in (("harmful", harmful), ("tracin", by_tracin), ("random", random)):
         start = time.perf_counter()
         edited, info = edit_without_tasks(
             learner,
@@ -142,8 +183,11 @@ def run_learner(name: str, pixels: torch.Tensor, labels: np.ndarray, args: argpa
         }
         removals[label]["accuracy_gap"] = abs(removals[label]["edit_accuracy"] - removals[label]["retrain_accuracy"])
         logger.info("%s: remove %s 40%%: %s", name, label, removals[label])
+    lds = task_lds(learner, initial, train, val, settings, influence.scores, tracin_harm, args)
     return {
         "learner": name if name == "protonet" else "maml_first_order",
+        "task_lds": lds,
+        "planted_noise_recall_top40_by_tracin": float(noisy[by_tracin].sum() / noisy.sum()),
         "test_accuracy_noisy_training": accuracy,
         "train_seconds": train_s,
         "task_if_seconds": scoring_s,
@@ -154,6 +198,87 @@ def run_learner(name: str, pixels: torch.Tensor, labels: np.ndarray, args: argpa
         "planted_noise_recall_top40_by_task_loss": float(noisy[by_loss].sum() / noisy.sum()),
         "removal": removals,
     }
+
+
+def task_lds(
+    learner: MetaLearner,
+    initial: torch.Tensor,
+    train: list[TaskBatch],
+    val: list[TaskBatch],
+    settings: MetaTrainSettings,
+    scores: np.ndarray,
+    tracin_harm: np.ndarray,
+    args: argparse.Namespace,
+) -> dict[str, Any]:
+    """Retrain on `args.lds_subsets` random halves of the tasks; Spearman of each method's predicted validation
+    loss (minus the summed harm of the removed tasks: removing harmful tasks lowers it) against the actual one."""
+    rng = np.random.default_rng(args.seed + 200)
+    actual, predicted_if, predicted_tracin = [], [], []
+    for _ in range(args.lds_subsets):
+        removed = rng.choice(len(train), size=len(train) // 2, replace=False)
+        kept = [task for i, task in enumerate(train) if i not in set(removed.tolist())]
+        retrained, _ = timed_train(learner, initial, kept, settings)
+        actual.append(evaluate_loss(learner, retrained, val))
+        predicted_if.append(-float(scores[removed].sum()))
+        predicted_tracin.append(-float(tracin_harm[removed].sum()))
+    result = {
+        "n_subsets": args.lds_subsets,
+        "subset_fraction": 0.5,
+        "task_if": float(spearmanr(predicted_if, actual).statistic),
+        "tracin": float(spearmanr(predicted_tracin, actual).statistic),
+        "actual_val_loss": actual,
+    }
+    logger.info("task-level LDS: %s", result)
+    return result
+
+
+def run_label_noise(name: str, images: np.ndarray, labels: np.ndarray, args: argparse.Namespace) -> dict[str, Any]:
+    """10% of images moved to another character; the few-shot audit's label_issue_score against them."""
+    rng = np.random.default_rng(args.seed + 300)
+    classes = np.unique(labels)
+    moved = rng.random(len(labels)) < 0.1
+    noisy = labels.copy()
+    for i in np.flatnonzero(moved):
+        noisy[i] = rng.choice(classes[classes != labels[i]])
+    samples = pd.DataFrame({"sample_id": [f"s{i:05d}" for i in range(len(labels))], "label": noisy})
+    options = FewShotOptions(
+        n_train_tasks=args.tasks,
+        n_val_tasks=args.val_tasks,
+        n_test_tasks=args.test_tasks,
+        train=MetaTrainSettings(
+            steps=args.steps, meta_batch=args.meta_batch, learning_rate=1e-3, weight_decay=args.weight_decay
+        ),
+        influence=InfluenceSettings(
+            relative_damping=args.relative_damping,
+            curvature=args.curvature,
+            max_iter=args.cg_iters,
+            tolerance=1e-3,
+            hessian_tasks=args.hessian_tasks,
+        ),
+        width=args.width,
+    )
+    start = time.perf_counter()
+    result = run_fewshot_audit(
+        samples, images, ways=5, shots=1, queries=args.queries, learner=name, seed=args.seed, options=options
+    )
+    seconds = time.perf_counter() - start
+    scores = result.sample_scores
+    label_score = scores["label_issue_score"].to_numpy(dtype=float)
+    in_tasks = (scores["n_support"] + scores["n_query"]).to_numpy() > 0
+    per_appearance = scores["harm_score"].to_numpy(dtype=float) / np.maximum(
+        (scores["n_support"] + scores["n_query"]).to_numpy(), 1
+    )
+    out = {
+        "n_moved": int(moved.sum()),
+        "test_accuracy": result.metrics["fewshot.accuracy"],
+        "label_issue_auroc": float(roc_auc_score(moved, label_score)),
+        "label_issue_ap": float(average_precision_score(moved, label_score)),
+        "suggested_label_correct": float((scores["suggested_label"].to_numpy() == labels)[moved].mean()),
+        "instance_if_harm_per_appearance_auroc": float(roc_auc_score(moved[in_tasks], per_appearance[in_tasks])),
+        "seconds": seconds,
+    }
+    logger.info("%s label noise: %s", name, out)
+    return out
 
 
 def main() -> None:
@@ -172,25 +297,44 @@ def main() -> None:
     parser.add_argument("--curvature", default="gauss_newton", choices=["gauss_newton", "hessian"])
     parser.add_argument("--cg-iters", type=int, default=10)
     parser.add_argument("--hessian-tasks", type=int, default=8)
-    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "fewshot_omniglot.json"))
+    parser.add_argument("--lds-subsets", type=int, default=8, help="retrainings on random halves for task LDS")
+    parser.add_argument("--no-label-noise", action="store_true", help="skip the 10%% moved-images run")
+    parser.add_argument("--dataset", default="omniglot", choices=["omniglot", "mini-imagenet"])
+    parser.add_argument("--size", type=int, default=42, help="mini-ImageNet image side (Omniglot is always 28)")
+    parser.add_argument("--out", default=None, help="default: benchmarks/results/fewshot_<dataset>.json")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     torch.set_num_threads(1)
     start = time.perf_counter()
-    images, labels = load_omniglot(ZIP, 28)
-    logger.info("loaded %d images of %d characters from %s", len(images), len(set(labels)), ZIP.name)
+    if args.dataset == "omniglot":
+        images, labels = load_omniglot(ZIP, 28)
+        description = "omniglot images_background_small1 (136 characters x 20), 28x28, classes split 60/20/20"
+    else:
+        images, labels = load_mini_imagenet(MINI_IMAGENET, args.size)
+        description = (
+            f"mini-ImageNet subset ({len(set(labels))} classes, {len(labels)} images), {args.size}x{args.size} RGB, "
+            "train/val/test CSVs pooled, classes split 60/20/20"
+        )
+    logger.info("loaded %d images of %d classes (%s)", len(images), len(set(labels)), args.dataset)
     pixels = torch.from_numpy(images)
-    results = [run_learner(name, pixels, labels, args) for name in args.learners.split(",")]
+    results = []
+    for name in args.learners.split(","):
+        result = run_learner(name, pixels, labels, args)
+        if not args.no_label_noise:
+            result["label_noise_10pct_images"] = run_label_noise(name, images, labels, args)
+        results.append(result)
     summary = {
-        "dataset": "omniglot images_background_small1 (136 characters x 20), 28x28, classes split 60/20/20",
+        "dataset": description,
+        "command": "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/fewshot_omniglot.py " + " ".join(sys.argv[1:]),
         "protocol": "5-way 1-shot, fixed meta-training task set, 20% of tasks with shuffled labels",
         "settings": vars(args),
         "torch_threads": torch.get_num_threads(),
         "results": results,
         "total_seconds": time.perf_counter() - start,
     }
-    Path(args.out).write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    logger.info("wrote %s", args.out)
+    out = Path(args.out or REPO / "benchmarks" / "results" / f"fewshot_{args.dataset.replace('-', '_')}.json")
+    out.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    logger.info("wrote %s", out)
 
 
 if __name__ == "__main__":
