@@ -22,6 +22,9 @@ from auditor.schema import CONTENT_HASH, LABEL, SAMPLE_ID, SPLIT
 EXACT = "exact"
 NEAR = "near"
 
+# Bytes of one block of the all-pairs candidate search (bounds peak memory; 100k images: 35 rows a block).
+_BLOCK_BYTES = 128 * 2**20
+
 
 @dataclass(frozen=True)
 class DuplicateGroup:
@@ -156,8 +159,10 @@ class NearDuplicateDetector:
         k = min(self.n_candidates, len(rows) - 1)
         flat_summary = summary.reshape(-1, summary.shape[2])
         firsts, seconds = [], []
-        for start in range(0, len(rows), 256):
-            block = (query[start : start + 256] @ flat_summary.T).reshape(-1, len(rows), summary.shape[1]).max(axis=2)
+        # Rows per block so one block of similarities stays near _BLOCK_BYTES however large the dataset.
+        step = int(np.clip(_BLOCK_BYTES // (4 * len(flat_summary)), 1, 256))
+        for start in range(0, len(rows), step):
+            block = (query[start : start + step] @ flat_summary.T).reshape(-1, len(rows), summary.shape[1]).max(axis=2)
             block[np.arange(len(block)), np.arange(start, start + len(block))] = -np.inf
             nearest = np.argpartition(-block, k - 1, axis=1)[:, :k]
             firsts.append(np.repeat(np.arange(start, start + len(block)), k))

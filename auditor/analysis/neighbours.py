@@ -11,6 +11,8 @@ import numpy as np
 
 N_NEIGHBOURS = 5
 _CHUNK_ROWS = 512
+# Bytes of one chunk of similarities (a few transient copies exist at once): bounds memory for large datasets.
+_CHUNK_BYTES = 64 * 2**20
 
 
 def compute_nearest_neighbours(
@@ -32,8 +34,9 @@ def compute_nearest_neighbours(
     unit = np.where(valid[:, None], embeddings / np.where(valid, norms, 1.0)[:, None], 0.0)
     indices = np.zeros((len(rows), k), dtype=np.int64)
     similarities = np.zeros((len(rows), k))
-    for start in range(0, len(rows), _CHUNK_ROWS):
-        chunk = rows[start : start + _CHUNK_ROWS]
+    step = int(np.clip(_CHUNK_BYTES // (8 * n), 1, _CHUNK_ROWS))
+    for start in range(0, len(rows), step):
+        chunk = rows[start : start + step]
         # rounding keeps float noise from reordering equal similarities between machines
         sims = np.round(unit[chunk] @ unit.T, 12)
         sims[:, ~valid] = -np.inf

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 from PIL import Image
 from scipy import ndimage
 
@@ -83,3 +84,20 @@ def test_exact_copies_join_their_near_group_and_flat_images_pair_by_level() -> N
     assert ["s00", "s01", "s02"] in groups  # the exact pair s00/s01 and the near copy s02, one group
     assert ["s23", "s24"] in groups  # two white blanks; the black one is not their duplicate
     assert len(groups) == 2
+
+
+def test_one_row_per_block_finds_the_same_pairs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The candidate search is blocked by bytes, so 100k images stay in memory; the blocking must not change answers.
+    import auditor.analysis.duplicates as duplicates
+
+    rng = np.random.default_rng(1)
+    originals = [_texture(rng, 32) for _ in range(30)]
+    paths = [_write(tmp_path / f"o{i:02d}.png", img) for i, img in enumerate(originals)]
+    paths.append(_write(tmp_path / "copy.jpg", originals[3], format="JPEG", quality=60))
+    _, descriptors = load_image_properties(paths)
+    hashes = np.array([f"h{i}" for i in range(len(paths))])
+    default = NearDuplicateDetector().fit(descriptors, hashes).pairs_
+    monkeypatch.setattr(duplicates, "_BLOCK_BYTES", 1)
+    one_row = NearDuplicateDetector().fit(descriptors, hashes).pairs_
+    pd.testing.assert_frame_equal(default, one_row)
+    assert ((default["first"] == 3) & (default["second"] == 30)).any()

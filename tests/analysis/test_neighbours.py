@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from auditor.analysis.neighbours import compute_nearest_neighbours, describe_neighbours
 from auditor.analysis.run import compute_label_neighbours
@@ -60,3 +61,15 @@ def test_analysis_lists_pixel_neighbours_of_every_flagged_sample() -> None:
     assert [n["label"] for n in neighbours["s3"][:3]] == ["b", "b", "b"]
     assert "s9" not in {n["sample_id"] for n in neighbours["s3"]}
     assert compute_label_neighbours(table.iloc[:9], descriptors) == {}  # rows no longer match the descriptors
+
+
+def test_memory_bounded_chunks_give_the_same_neighbours(monkeypatch: pytest.MonkeyPatch) -> None:
+    import auditor.analysis.neighbours as neighbours
+
+    embeddings = np.random.default_rng(0).normal(size=(200, 8))
+    rows = np.arange(0, 200, 3)
+    expected = compute_nearest_neighbours(embeddings, rows, k=4)
+    monkeypatch.setattr(neighbours, "_CHUNK_BYTES", 1)  # one row per chunk
+    got = compute_nearest_neighbours(embeddings, rows, k=4)
+    np.testing.assert_array_equal(expected[0], got[0])
+    np.testing.assert_array_equal(expected[1], got[1])
