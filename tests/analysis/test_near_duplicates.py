@@ -101,3 +101,19 @@ def test_one_row_per_block_finds_the_same_pairs(tmp_path: Path, monkeypatch: pyt
     one_row = NearDuplicateDetector().fit(descriptors, hashes).pairs_
     pd.testing.assert_frame_equal(default, one_row)
     assert ((default["first"] == 3) & (default["second"] == 30)).any()
+
+
+def test_the_unshifted_candidate_search_for_large_datasets_still_finds_copies(tmp_path: Path) -> None:
+    # Above shift_search_limit images only unshifted summaries are compared (9x cheaper); resized, re-encoded and
+    # one-pixel-shifted copies still agree there, and the verification step searches the shifts.
+    rng = np.random.default_rng(2)
+    originals = [_texture(rng, 32) for _ in range(30)]
+    paths = [_write(tmp_path / f"o{i:02d}.png", img) for i, img in enumerate(originals)]
+    shifted = np.pad(originals[5], ((1, 0), (1, 0), (0, 0)), mode="edge")[:32, :32]
+    paths.append(_write(tmp_path / "jpeg.jpg", originals[3], format="JPEG", quality=60))
+    paths.append(_write(tmp_path / "shift.png", shifted))
+    _, descriptors = load_image_properties(paths)
+    hashes = np.array([f"h{i}" for i in range(len(paths))])
+    pairs = NearDuplicateDetector(shift_search_limit=0).fit(descriptors, hashes).pairs_
+    found = set(zip(pairs["first"], pairs["second"], strict=True))
+    assert {(3, 30), (5, 31)} <= found
