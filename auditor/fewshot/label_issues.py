@@ -34,6 +34,11 @@ class PrototypeLabelScores:
     loss: np.ndarray
     suggested: np.ndarray
 
+    @property
+    def score(self) -> np.ndarray:
+        """1 - p(given label) under the leave-one-out prototypes: in [0, 1] like the main audit's score, same order."""
+        return -np.expm1(-self.loss)
+
 
 def embed_all(learner: MetaLearner, params: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
     """Embeddings of every row, in fixed blocks of rows (BatchNorm uses batch statistics, so blocks are fixed)."""

@@ -142,7 +142,8 @@ def compute_sample_scores(
             "support_score": np.where(seen, support_sum, np.nan),
             "query_score": np.where(seen, query_sum, np.nan),
             HARM_SCORE: harm,
-            LABEL_ISSUE_SCORE: label_scores.loss,
+            LABEL_ISSUE_SCORE: label_scores.score,
+            "label_issue_loss": label_scores.loss,
             SUGGESTED_LABEL: np.asarray(classes, dtype=object)[label_scores.suggested],
         }
     )

@@ -117,7 +117,8 @@ def build_samples_table(samples: pd.DataFrame, result: FewShotResult) -> pd.Data
     """Ingest samples plus the instance scores and the samples contract columns."""
     scores = result.sample_scores.drop(columns=[LABEL])
     table = samples.merge(scores, on=SAMPLE_ID, how="left", validate="one_to_one")
-    table[IS_LABEL_ISSUE] = robust_outliers(table[LABEL_ISSUE_SCORE].to_numpy(dtype=float))
+    # Flagged on the unbounded loss: the [0, 1] score bunches near 1, where a robust z-score loses its spread.
+    table[IS_LABEL_ISSUE] = robust_outliers(table["label_issue_loss"].to_numpy(dtype=float))
     table[IS_HARMFUL] = robust_outliers(table[HARM_SCORE].to_numpy(dtype=float))
     group_of = {sid: g.group_id for g in find_exact_duplicates(table) for sid in g.sample_ids}
     table[DUPLICATE_GROUP] = table[SAMPLE_ID].map(group_of)
@@ -182,14 +183,14 @@ def build_findings(table: pd.DataFrame, tasks: pd.DataFrame, config: AuditConfig
             IS_LABEL_ISSUE,
             "label_issue",
             "likely mislabelled (far from its class once left out of its prototype)",
-            "leave-one-out prototype loss in the meta-learned embedding",
+            "leave-one-out prototype loss in the meta-learned embedding; label_issue_loss robust z > 3.5",
         ),
         (
             HARM_SCORE,
             IS_HARMFUL,
             "harmful",
             "predicted to raise the validation-task loss",
-            "instance influence in few-shot tasks",
+            "instance influence in few-shot tasks; harm_score robust z > 3.5",
         ),
     ):
         flagged = table[table[flag]].sort_values([column, SAMPLE_ID], ascending=[False, True])
@@ -201,7 +202,7 @@ def build_findings(table: pd.DataFrame, tasks: pd.DataFrame, config: AuditConfig
                     "warning",
                     f"{len(flagged)} image(s) {what}",
                     flagged[SAMPLE_ID].astype(str).tolist(),
-                    {"method": f"{method}; {column} robust z > 3.5", "column": column},
+                    {"method": method, "column": column},
                 )
             )
     return findings

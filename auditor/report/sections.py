@@ -268,6 +268,7 @@ class LabelIssuesSection(Section):
             "held_back": to_plain(tables.metric("issues.label_issue.held_back_unreliable")),
             "oof_accuracy": to_plain(tables.metric("model.oof_accuracy")),
             "has_neighbours": any(card["neighbours"] for card in cards),
+            "few_shot": isinstance(tables.metric("fewshot"), Mapping),
             **_finding_link(tables, _first_finding(tables, "label_issue")),
         }
 

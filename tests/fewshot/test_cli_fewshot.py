@@ -65,7 +65,8 @@ def test_few_shot_audit_writes_task_scores_and_instance_scores(verified_run: Pat
     in_tasks = samples["harm_score"].notna()
     assert in_tasks.sum() == 6 * PER_CLASS
     assert samples.loc[in_tasks, "label"].nunique() == 6
-    assert samples["label_issue_score"].notna().all()
+    assert samples["label_issue_score"].between(0, 1).all()  # 1 - p(given label), as in the main audit
+    np.testing.assert_allclose(samples["label_issue_score"], 1 - np.exp(-samples["label_issue_loss"]))
     assert set(samples["suggested_label"]) <= set(samples["label"])
     assert int(samples["n_support"].sum()) == 6 * 3
     assert int(samples["n_query"].sum()) == 6 * 9

@@ -34,6 +34,7 @@ def test_matches_the_brute_force_leave_one_out_in_blocks() -> None:
     got = prototype_label_scores(torch.tensor(embeddings), labels, block=7)  # blocks that split classes
     np.testing.assert_allclose(got.loss, expected_loss, rtol=1e-10)
     np.testing.assert_array_equal(got.suggested, expected_nearest)
+    np.testing.assert_allclose(got.score, 1 - np.exp(-expected_loss), atol=1e-12)  # 1 - p(given label)
 
 
 def test_a_planted_mislabel_scores_highest_and_is_sent_home() -> None:
