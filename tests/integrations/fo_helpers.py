@@ -105,6 +105,9 @@ def fiftyone_env(db_dir: Path) -> dict[str, str]:
         PYTHONPATH=str(REPO_ROOT),
     )
     env.pop("FIFTYONE_DATABASE_URI", None)
+    # FiftyOne exports the port of the mongod a process started; inherited, it would point this child at another
+    # database (or, once that mongod has exited, at whatever reuses the port: "Got response id ... but expected").
+    env.pop("FIFTYONE_PRIVATE_DATABASE_PORT", None)
     return env
 
 
