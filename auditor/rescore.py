@@ -67,9 +67,6 @@ def rescore_run(run_dir: str | Path, *, overwrite: bool, progress: bool = True) 
         auditor._score()
         if world.primary:
             store.mark_stage_done("score")
-            auditor._analyze()
-            store.mark_stage_done("analyze")
-            auditor._report()
-            store.mark_stage_done("report")
+            auditor._back_stages()  # analyze and report, as after a sharded audit (FiftyOne is off here)
         barrier()  # no rank leaves (and tears the group down) while rank 0 still writes
     return store.root

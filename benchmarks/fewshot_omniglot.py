@@ -94,6 +94,25 @@ def make_learner(name: str, width: int, channels: int = 1, size: int = 28) -> Me
     )
 
 
+def train_settings(args: argparse.Namespace) -> MetaTrainSettings:
+    """Adam meta-training as set on the command line (both benchmark parts use it)."""
+    return MetaTrainSettings(
+        steps=args.steps, meta_batch=args.meta_batch, learning_rate=1e-3, weight_decay=args.weight_decay, seed=args.seed
+    )
+
+
+def influence_settings_of(args: argparse.Namespace) -> InfluenceSettings:
+    """The damped task-influence solve as set on the command line."""
+    return InfluenceSettings(
+        relative_damping=args.relative_damping,
+        curvature=args.curvature,
+        max_iter=args.cg_iters,
+        tolerance=1e-3,
+        hessian_tasks=args.hessian_tasks,
+        seed=args.seed,
+    )
+
+
 def timed_train(
     learner: MetaLearner, initial: torch.Tensor, tasks: list[TaskBatch], settings: MetaTrainSettings
 ) -> tuple[torch.Tensor, float]:
@@ -118,17 +137,8 @@ def run_learner(name: str, pixels: torch.Tensor, labels: np.ndarray, args: argpa
     train, val, test = (materialize_tasks(s, pixels) for s in (noisy_tasks, splits.val, splits.test))
     learner = make_learner(name, args.width, channels=pixels.shape[1], size=pixels.shape[-1])
     initial = learner.backbone.init_params(args.seed)
-    settings = MetaTrainSettings(
-        steps=args.steps, meta_batch=args.meta_batch, learning_rate=1e-3, weight_decay=args.weight_decay, seed=args.seed
-    )
-    influence_settings = InfluenceSettings(
-        relative_damping=args.relative_damping,
-        curvature=args.curvature,
-        max_iter=args.cg_iters,
-        tolerance=1e-3,
-        hessian_tasks=args.hessian_tasks,
-        seed=args.seed,
-    )
+    settings = train_settings(args)
+    influence_settings = influence_settings_of(args)
     params, train_s = timed_train(learner, initial, train, settings)
     accuracy = evaluate_accuracy(learner, params, test)
     logger.info("%s: trained in %.0fs on noisy tasks, test accuracy %.3f", name, train_s, accuracy)
@@ -245,16 +255,8 @@ def run_label_noise(name: str, images: np.ndarray, labels: np.ndarray, args: arg
         n_train_tasks=args.tasks,
         n_val_tasks=args.val_tasks,
         n_test_tasks=args.test_tasks,
-        train=MetaTrainSettings(
-            steps=args.steps, meta_batch=args.meta_batch, learning_rate=1e-3, weight_decay=args.weight_decay
-        ),
-        influence=InfluenceSettings(
-            relative_damping=args.relative_damping,
-            curvature=args.curvature,
-            max_iter=args.cg_iters,
-            tolerance=1e-3,
-            hessian_tasks=args.hessian_tasks,
-        ),
+        train=train_settings(args),
+        influence=influence_settings_of(args),
         width=args.width,
     )
     start = time.perf_counter()

@@ -39,6 +39,7 @@ import time
 import traceback
 import warnings
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -167,8 +168,15 @@ def run_ours(
     return {"scores": scored.self_influence}
 
 
-def _captum(
-    model: nn.Module, pixels: torch.Tensor, targets: torch.Tensor, paths: list[Path], batch_size: int, *, fastest: bool
+def run_captum(
+    model: nn.Module,
+    pixels: torch.Tensor,
+    targets: torch.Tensor,
+    paths: list[Path],
+    args: argparse.Namespace,
+    scratch: Path,
+    *,
+    fastest: bool,
 ) -> dict[str, Any]:
     from captum.influence import TracInCP
 
@@ -186,34 +194,12 @@ def _captum(
         checkpoints_load_func=load,
         layers=None,
         loss_fn=nn.CrossEntropyLoss(reduction="sum" if fastest else "none"),
-        batch_size=batch_size,
+        batch_size=args.batch_size,
         sample_wise_grads_per_batch=fastest,
     )
     # The default outer loop is over batches (every checkpoint reloaded per batch); by checkpoints loads each once.
     scores = tracin.self_influence(outer_loop_by_checkpoints=fastest)
     return {"scores": scores.detach().double().numpy()}
-
-
-def run_captum_fastest(
-    model: nn.Module,
-    pixels: torch.Tensor,
-    targets: torch.Tensor,
-    paths: list[Path],
-    args: argparse.Namespace,
-    scratch: Path,
-) -> dict[str, Any]:
-    return _captum(model, pixels, targets, paths, args.batch_size, fastest=True)
-
-
-def run_captum_default(
-    model: nn.Module,
-    pixels: torch.Tensor,
-    targets: torch.Tensor,
-    paths: list[Path],
-    args: argparse.Namespace,
-    scratch: Path,
-) -> dict[str, Any]:
-    return _captum(model, pixels, targets, paths, args.batch_size, fastest=False)
 
 
 def run_traker(
@@ -300,8 +286,8 @@ def run_forward_backward(
 
 RUNNERS: dict[str, Runner] = {
     "ours": run_ours,
-    "captum_fastest": run_captum_fastest,
-    "captum_default": run_captum_default,
+    "captum_fastest": partial(run_captum, fastest=True),
+    "captum_default": partial(run_captum, fastest=False),
     "traker": run_traker,
     "forward_backward": run_forward_backward,
 }

@@ -15,6 +15,7 @@ import auditor
 from auditor.cli import main
 from auditor.errors import RunMismatchError
 from auditor.pipeline import Auditor, run_audit
+from tests.class_patterns import class_pattern
 
 FAST: dict[str, Any] = {"epochs": 8, "checkpoints": 2, "batch_size": 16, "progress": False, "fiftyone": False}
 CONTRACT = [
@@ -31,19 +32,6 @@ CONTRACT = [
 ]
 
 
-def _pattern(label: int, i: int) -> np.ndarray:
-    """12x12 class patterns (a bar in a class-specific place) plus per-image noise."""
-    rng = np.random.default_rng(1000 * label + i)
-    image = rng.integers(0, 50, (12, 12))
-    if label == 0:
-        image[2:5, :] += 200
-    elif label == 1:
-        image[:, 2:5] += 200
-    else:
-        image[7:10, 7:10] += 200
-    return np.clip(image, 0, 255).astype(np.uint8)
-
-
 @pytest.fixture(scope="module")
 def planted_folder(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, set[str]]:
     """3 classes x 16 images; two images of class 'a' are filed under 'b' and 'c' (planted flips)."""
@@ -58,7 +46,7 @@ def planted_folder(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, set[
                 flipped.add(f"{folder}/x{label}_{i:02d}.png")
             path = root / folder / f"x{label}_{i:02d}.png"
             path.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(_pattern(label, i), mode="L").save(path)
+            Image.fromarray(class_pattern(label, i), mode="L").save(path)
     return root, flipped
 
 
@@ -171,7 +159,7 @@ def test_cli_single_image_class_and_unknown_format(tmp_path: Path, capsys: pytes
         for i in range(n):
             path = root / label / f"{i}.png"
             path.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(_pattern(0, i + (label == "b") * 10), mode="L").save(path)
+            Image.fromarray(class_pattern(0, i + (label == "b") * 10), mode="L").save(path)
     assert main(["-q", "audit", str(root), "--out", str(tmp_path / "o"), "--no-fiftyone"]) == 2
     err = capsys.readouterr().err
     assert ("b" in err and "single" in err.lower()) or "1 image" in err

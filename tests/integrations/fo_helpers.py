@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from PIL import Image
+
+from tests.class_patterns import class_pattern
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CLASSES = ("a", "b", "c")
@@ -53,19 +54,6 @@ class AuditedDataset:
         return loaded
 
 
-def _pattern(label: int, index: int) -> np.ndarray:
-    """12x12 grey class pattern (a bar in a class-specific place) plus per-image noise."""
-    rng = np.random.default_rng(1000 * label + index)
-    image = rng.integers(0, 50, (12, 12))
-    if label == 0:
-        image[2:5, :] += 200
-    elif label == 1:
-        image[:, 2:5] += 200
-    else:
-        image[7:10, 7:10] += 200
-    return np.clip(image, 0, 255).astype(np.uint8)
-
-
 def build_planted_images(root: Path) -> PlantedImages:
     """3 classes x 8 PNGs under `root/<given label>/`: 2 flipped labels and one exact duplicate pair."""
     rows: list[dict[str, Any]] = []
@@ -79,7 +67,7 @@ def build_planted_images(root: Path) -> PlantedImages:
             if (true_label, index) == DUPLICATE[1]:
                 path.write_bytes(paths[DUPLICATE[0]].read_bytes())
             else:
-                Image.fromarray(_pattern(label_index, index), mode="L").save(path)
+                Image.fromarray(class_pattern(label_index, index), mode="L").save(path)
             paths[(true_label, index)] = path
             if given != true_label:
                 flipped.add(str(path))

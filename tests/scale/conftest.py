@@ -7,9 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 from PIL import Image
+
+from tests.class_patterns import class_pattern
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # The fast training options of tests/test_pipeline.py, as CLI flags.
@@ -44,19 +45,6 @@ def run_cli(*args: str, **extra_env: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def _pattern(label: int, i: int) -> np.ndarray:
-    """12x12 class patterns (a bar in a class-specific place) plus per-image noise."""
-    rng = np.random.default_rng(1000 * label + i)
-    image = rng.integers(0, 50, (12, 12))
-    if label == 0:
-        image[2:5, :] += 200
-    elif label == 1:
-        image[:, 2:5] += 200
-    else:
-        image[7:10, 7:10] += 200
-    return np.clip(image, 0, 255).astype(np.uint8)
-
-
 @pytest.fixture(scope="session")
 def tiny_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """3 classes x 16 grey 12x12 images; two images of class 'a' are filed under 'b' and 'c' (planted flips)."""
@@ -69,7 +57,7 @@ def tiny_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
                 folder = names[1 + (i == 9)]
             path = root / folder / f"x{label}_{i:02d}.png"
             path.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(_pattern(label, i), mode="L").save(path)
+            Image.fromarray(class_pattern(label, i), mode="L").save(path)
     return root
 
 
