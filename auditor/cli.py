@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from auditor import __version__
-from auditor.config import FORMATS, LEARNERS, AuditConfig
+from auditor.config import FORMATS, HARM_METHODS, LEARNERS, AuditConfig
 from auditor.errors import AuditorError, one_line
 
 if TYPE_CHECKING:
@@ -39,6 +39,12 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoints", type=int, default=5, help="checkpoints kept per training (default 5)")
     parser.add_argument("--batch-size", type=int, default=64, help="batch size (default 64)")
     parser.add_argument("--image-size", type=int, default=None, help="proxy input size in pixels (default: by data)")
+    parser.add_argument(
+        "--method",
+        default="tracin",
+        choices=HARM_METHODS,
+        help="estimator of harm_score and the --target-* columns (default tracin; README: Choosing --method)",
+    )
     parser.add_argument("--name", default=None, help="run name (default: the data folder's name)")
     parser.add_argument("--out", default=None, help="run directory (default: reports/<name>)")
     parser.add_argument("--overwrite", action="store_true", help="delete an existing run directory first")
@@ -156,6 +162,7 @@ def _config_from_args(args: argparse.Namespace, *, data: str, data_format: str) 
         checkpoints=args.checkpoints,
         batch_size=args.batch_size,
         image_size=args.image_size,
+        method=args.method,
         targets=_target_specs(args),
         overwrite=args.overwrite,
         fiftyone=not args.no_fiftyone,

@@ -14,6 +14,19 @@ from typing import Any
 from auditor.errors import ConfigError
 
 LEARNERS = ("protonet", "maml")
+# Harm estimators of `--method` (auditor.influence.methods.METHODS has one function per name).
+HARM_METHODS = (
+    "tracin",
+    "tracin-normalized",
+    "trak",
+    "if-exact",
+    "if-cg",
+    "if-lissa",
+    "if-ekfac",
+    "knn-shapley",
+    "loss",
+    "grad-norm",
+)
 FORMATS = ("auto", "imagefolder", "csv", "omniglot", "mini-imagenet", "demo")
 _FIELD_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 
@@ -48,6 +61,7 @@ class AuditConfig:
     targets: tuple[str, ...] = field(
         default=(), metadata={"help": "Extra influence targets (auditor.influence.targets spec strings)."}
     )
+    method: str = field(default="tracin", metadata={"help": f"Harm estimator: one of {HARM_METHODS}."})
     overwrite: bool = field(default=False, metadata={"help": "Delete an existing run directory first."})
     fiftyone: bool = field(default=True, metadata={"help": "Write the FiftyOne dataset."})
     fiftyone_dataset: str | None = field(default=None, metadata={"help": "FiftyOne dataset to audit (not DATA)."})
@@ -92,6 +106,9 @@ class AuditConfig:
         self._validate_few_shot()
         from auditor.influence.targets import parse_target
 
+        if self.method not in HARM_METHODS:
+            raise ConfigError(f"--method must be one of {', '.join(HARM_METHODS)}; got {self.method!r}")
+
         names = [parse_target(spec).column for spec in self.targets]
         if len(set(names)) != len(names):
             raise ConfigError(f"two --target-* options share a name: {sorted(names)}; name each group differently")
@@ -135,8 +152,8 @@ class AuditConfig:
             raise ConfigError(f"--meta-steps must be at least 1; got {self.meta_steps}")
         if self.few_shot and self.fiftyone_dataset is not None:
             raise ConfigError("--few-shot reads images from DATA; it cannot be combined with --fiftyone DATASET")
-        if self.few_shot and (self.model != "auto" or self.targets):
-            raise ConfigError("--few-shot meta-trains its own Conv-4; --model and --target-* do not apply")
+        if self.few_shot and (self.model != "auto" or self.targets or self.method != "tracin"):
+            raise ConfigError("--few-shot meta-trains its own Conv-4; --model, --method and --target-* do not apply")
 
     @property
     def run_name(self) -> str:
@@ -163,4 +180,6 @@ class AuditConfig:
         skipped = _NON_RESULT_FIELDS if self.fiftyone_dataset else _NON_RESULT_FIELDS | _FIFTYONE_SOURCE_FIELDS
         if not self.few_shot:
             skipped = skipped | _FEWSHOT_FIELDS
+        if self.method == "tracin":  # runs made before --method existed still resume
+            skipped = skipped | {"method"}
         return {k: v for k, v in self.to_dict().items() if k not in skipped}

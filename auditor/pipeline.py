@@ -312,6 +312,8 @@ class Auditor:
             batch_size=self.config.batch_size,
             progress=self.config.progress,
             target_specs=self.config.targets,
+            method=self.config.method,
+            seed=self.config.seed,
         )
 
     def _fewshot(self) -> None:

@@ -205,6 +205,31 @@ def test_target_groups_add_per_target_harm_columns(planted_folder: tuple[Path, s
     assert main(["-q", "audit", str(root), "--target-group", "bad"]) == 2
 
 
+def test_method_option_chooses_the_harm_estimator(planted_folder: tuple[Path, set[str]], tmp_path: Path) -> None:
+    root, _ = planted_folder
+    out = tmp_path / "run"
+    code = main(
+        ["-q", "audit", str(root), "--out", str(out), "--epochs", "3", "--checkpoints", "2", "--no-fiftyone",
+         "--method", "knn-shapley", "--target-class", "c"]
+    )  # fmt: skip
+    assert code == 0
+    samples = pd.read_parquet(out / "samples.parquet")
+    train = samples["split"] == "train"
+    # harm_score is now the kNN-Shapley harm, which every audit also writes as the `knn_harm` second opinion
+    np.testing.assert_allclose(samples.loc[train, "harm_score"], samples.loc[train, "knn_harm"])
+    influence = pd.read_parquet(out / "influence.parquet")
+    assert dict(influence.groupby("target")["method"].first()) == {
+        "self": "tracin",
+        "val": "knn-shapley",
+        "class_c": "knn-shapley",
+    }
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["settings"]["method"] == "knn-shapley"
+    with pytest.raises(SystemExit) as exit_info:  # argparse names the choices and exits 2
+        main(["-q", "audit", str(root), "--method", "nope"])
+    assert exit_info.value.code == 2
+
+
 def test_unknown_target_class_is_exit_2(
     planted_folder: tuple[Path, set[str]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

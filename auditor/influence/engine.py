@@ -18,6 +18,7 @@ from auditor.influence.distributed import current_world
 from auditor.influence.ihvp import IHVPSettings
 from auditor.influence.influence_functions import compute_head_influence
 from auditor.influence.knn_shapley import compute_knn_shapley
+from auditor.influence.methods import DEFAULT_METHOD, HarmInputs, compute_harm
 from auditor.influence.targets import parse_target, target_rows
 from auditor.influence.tracin import compute_tracin
 from auditor.models.fitting import MAIN_MODEL, ModelSpec, TrainedModel
@@ -31,6 +32,7 @@ SCORES_TABLE = "scores"
 INFLUENCE_TABLE = "influence"
 DYNAMICS_LOSS = "dynamics_loss"
 OOF_LOSS = "oof_loss"
+_VAL_KEY = "\0val"  # target-set key of the validation loss (cannot clash with a harm_<name> column)
 
 
 def _mean_probs_over_checkpoints(model: torch.nn.Module, trained: TrainedModel, pixels: torch.Tensor) -> np.ndarray:
@@ -54,12 +56,16 @@ def run_scoring(
     batch_size: int,
     progress: bool,
     target_specs: tuple[str, ...] = (),
+    method: str = DEFAULT_METHOD,
+    seed: int = 0,
 ) -> pd.DataFrame:
     """Score every sample with every model and write the score tables; returns the scores frame.
 
     `target_specs` are extra influence targets (spec strings); each adds a `harm_<name>` column, filled for
     the main model's training rows, and rows in the long `influence` table. Under torchrun every rank
-    must call this (TracIn rows are sharded over ranks); only rank 0 writes.
+    must call this (TracIn rows are sharded over ranks); only rank 0 writes. `method` (one of
+    auditor.influence.methods.METHODS) computes `harm_score` and the `harm_<name>` columns; self-influence,
+    training dynamics and probabilities always come from TracIn's pass, which label_issue_score is tuned on.
     """
     n, n_classes = len(samples), spec.n_classes
     splits = samples[SPLIT].to_numpy()
@@ -80,29 +86,33 @@ def run_scoring(
     probs_oof = np.full((n, n_classes), np.nan)
     harm = np.full(n, np.nan)
 
-    # Main model: harm on the validation loss (and on each extra target) for the rows it trained on.
+    # Main model: harm on the validation loss (and on each extra target) for the rows it trained on, by `method`.
     train_rows = main.train_rows
-    extra = {}
+    target_sets: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    if len(val_rows):
+        target_sets[_VAL_KEY] = (pixels[val_rows], targets[val_rows])
     for target_spec in target_specs:
         target = parse_target(target_spec)
         rows = target_rows(target, samples)
-        extra[target.column] = (pixels[rows], targets[rows])
-    scored = compute_tracin(
-        network,
-        main.checkpoints,
-        pixels[train_rows],
-        targets[train_rows],
-        target_pixels=pixels[val_rows] if len(val_rows) else None,
-        target_targets=targets[val_rows] if len(val_rows) else None,
-        extra_targets=extra,
-        batch_size=batch_size,
-        progress=progress,
-        desc="tracin main",
+        target_sets[target.column] = (pixels[rows], targets[rows])
+    harms = compute_harm(
+        method,
+        HarmInputs(
+            network=network,
+            main=main,
+            pixels=pixels[train_rows],
+            targets=targets[train_rows],
+            target_sets=target_sets,
+            batch_size=batch_size,
+            progress=progress,
+            seed=seed,
+            workdir=store.root,
+        ),
     )
-    if scored.harm is not None:
-        harm[train_rows] = scored.harm
+    if _VAL_KEY in harms:
+        harm[train_rows] = harms.pop(_VAL_KEY)
     target_columns = {}
-    for column, values in scored.target_harm.items():
+    for column, values in harms.items():
         target_columns[column] = np.full(n, np.nan)
         target_columns[column][train_rows] = values
     if not folds:
@@ -164,7 +174,7 @@ def run_scoring(
     store.write_array("probs_oof", probs_oof.astype(np.float32))
     store.write_array("embeddings", embeddings.astype(np.float32))
     store.write_table(SCORES_TABLE, scores)
-    store.write_table(INFLUENCE_TABLE, long_influence_table(scores, list(target_columns)))
+    store.write_table(INFLUENCE_TABLE, long_influence_table(scores, list(target_columns), method=method))
     logger.info("Scored %d samples with %d model(s)", n, len(trained))
     return scores
 
@@ -218,14 +228,19 @@ def _second_opinions(
     return columns
 
 
-def long_influence_table(scores: pd.DataFrame, target_columns: list[str]) -> pd.DataFrame:
+def long_influence_table(
+    scores: pd.DataFrame, target_columns: list[str], *, method: str = DEFAULT_METHOD
+) -> pd.DataFrame:
     """The `influence` table of ARCHITECTURE section 3: (sample_id, method, target, score), NaNs dropped.
 
-    Targets: `self` (self-influence), `val` (harm on the validation loss) and each extra target's name.
+    Targets: `self` (self-influence, always TracIn), `val` (harm on the validation loss) and each extra
+    target's name, the harms by `method`.
     """
-    parts = [("self", SELF_INFLUENCE), ("val", HARM_SCORE)] + [(c.removeprefix("harm_"), c) for c in target_columns]
+    parts = [("tracin", "self", SELF_INFLUENCE), (method, "val", HARM_SCORE)] + [
+        (method, c.removeprefix("harm_"), c) for c in target_columns
+    ]
     frames = [
-        pd.DataFrame({SAMPLE_ID: scores[SAMPLE_ID], "method": "tracin", "target": name, "score": scores[column]})
-        for name, column in parts
+        pd.DataFrame({SAMPLE_ID: scores[SAMPLE_ID], "method": by, "target": name, "score": scores[column]})
+        for by, name, column in parts
     ]
     return pd.concat(frames, ignore_index=True).dropna(subset=["score"]).reset_index(drop=True)

@@ -54,13 +54,15 @@ def compute_tracin(
     progress: bool = True,
     desc: str = "tracin",
     shard: bool = True,
+    normalized: bool = False,
 ) -> TracInScores:
     """Score every row of `pixels`/`targets` with TracIn over `checkpoints` (loaded into `model` in turn).
 
     `target_pixels`/`target_targets` define `harm`; `extra_targets` (name -> (pixels, targets)) define
     `target_harm`. All target gradients are stacked, so extra targets cost one matrix column each.
     Under torchrun (`shard`) each rank scores its contiguous block of rows and every rank returns all rows;
-    the target gradients are cheap and computed on every rank.
+    the target gradients are cheap and computed on every rank. `normalized`: harm uses unit-length
+    gradients (cosine similarity times lr, Pruthi et al.'s normalized TracIn); self-influence is unchanged.
     """
     n = len(targets)
     world = current_world()
@@ -79,6 +81,7 @@ def compute_tracin(
             progress=progress and world.primary,
             desc=f"{desc} rank {world.rank}",
             shard=False,
+            normalized=normalized,
         )
         return TracInScores(
             self_influence=gather_rows(local.self_influence, n),
@@ -102,6 +105,8 @@ def compute_tracin(
         directions = None
         if sets:
             directions = torch.stack([mean_gradient(model, p, t).double() for p, t in sets.values()], dim=1)
+            if normalized:
+                directions = directions / directions.norm(dim=0).clamp_min(1e-30)
         batches = iter_per_sample_grads(model, pixels, targets, batch_size=batch_size)
         for rows, flat, batch_losses in track(
             batches, total=batches_per_checkpoint, desc=f"{desc} ckpt {k + 1}/{len(checkpoints)}", enabled=progress
@@ -111,6 +116,8 @@ def compute_tracin(
                 self_influence[rows] += checkpoint.learning_rate * squared_norms.numpy()
                 losses[k, rows] = batch_losses.double().numpy()
                 if dots is not None:
+                    if normalized:
+                        dots = dots / squared_norms.sqrt().clamp_min(1e-30)[:, None]
                     for column, name in enumerate(sets):
                         harms[name][rows] -= checkpoint.learning_rate * dots[:, column].numpy()
     return TracInScores(
