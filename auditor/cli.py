@@ -63,7 +63,11 @@ def _add_few_shot_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--shots", type=int, default=1, help="support images per class (default 1)")
     group.add_argument("--queries", type=int, default=5, help="query images per class (default 5)")
     group.add_argument("--learner", default="protonet", choices=LEARNERS, help="meta-learner (default protonet)")
-    group.add_argument("--verify", action="store_true", help="check the removal edit against retraining")
+    group.add_argument(
+        "--verify",
+        action="store_true",
+        help="check the scores by retraining (few-shot: the removal edit; else as `auditor eval`)",
+    )
     group.add_argument("--tasks", type=int, default=200, help="meta-training tasks (default 200)")
     group.add_argument("--meta-steps", type=int, default=500, help="meta-training steps (default 500)")
 
@@ -108,6 +112,11 @@ def build_parser() -> argparse.ArgumentParser:
     score = sub.add_parser("score", help="score a run again with its trained models (torchrun: sharded)")
     score.add_argument("run", help="run directory (reports/<name>)")
     score.add_argument("--overwrite", action="store_true", help="replace the run's existing scores")
+    evaluate = sub.add_parser("eval", help="check a run's influence scores by retraining its proxy model")
+    evaluate.add_argument("run", help="run directory (reports/<name>)")
+    evaluate.add_argument("--subsets", type=int, default=8, help="random-half retrainings for the LDS (default 8)")
+    evaluate.add_argument("--remove", type=float, default=0.05, help="share of training rows removed (default 0.05)")
+    evaluate.add_argument("--random-removals", type=int, default=2, help="random removals averaged (default 2)")
     _add_gate_commands(sub, audit, demo)
     _add_fiftyone_commands(sub)
     return parser
@@ -196,6 +205,8 @@ def _run(args: argparse.Namespace) -> int:
         load_rule_pack(args.rules)
     if args.command == "report":
         return _run_report_command(args)
+    if args.command == "eval":
+        return _run_eval_command(args)
     if args.command == "score":
         from auditor.rescore import rescore_run
 
@@ -233,6 +244,27 @@ def _run(args: argparse.Namespace) -> int:
     if outcome is None:
         raise AssertionError(f"the report stage wrote no gate outcome in {result.run_dir}")
     return _print_gate(outcome)
+
+
+def _run_eval_command(args: argparse.Namespace) -> int:
+    from auditor.influence.evaluate import RetrainCheckSettings
+    from auditor.runcheck import check_summary, eval_run
+
+    try:
+        settings = RetrainCheckSettings(
+            subsets=args.subsets, removal_fraction=args.remove, random_removals=args.random_removals
+        )
+    except ValueError as error:
+        raise AuditorError(f"auditor eval: {error}") from error
+    summary = check_summary(eval_run(args.run, settings))
+    random_drop = summary["random_loss_drop"]
+    for name, drop in summary["loss_drop"].items():
+        lds = summary.get("lds", {}).get(name)
+        print(
+            f"{name}: removing the top {summary['n_removed']} lowers the validation loss by {drop:+.4f} "
+            f"(random: {random_drop:+.4f})" + (f", LDS {lds:.3f}" if lds is not None else "")
+        )
+    return EXIT_OK
 
 
 def _run_report_command(args: argparse.Namespace) -> int:

@@ -77,7 +77,9 @@ class AuditConfig:
     shots: int = field(default=1, metadata={"help": "Few-shot support images per class."})
     queries: int = field(default=5, metadata={"help": "Few-shot query images per class."})
     learner: str = field(default="protonet", metadata={"help": f"Few-shot meta-learner: one of {LEARNERS}."})
-    verify: bool = field(default=False, metadata={"help": "Check the few-shot removal edit against retraining."})
+    verify: bool = field(
+        default=False, metadata={"help": "Check the scores by retraining (few-shot: the removal edit)."}
+    )
     tasks: int = field(default=200, metadata={"help": "Few-shot meta-training tasks (scored, removable)."})
     meta_steps: int = field(default=500, metadata={"help": "Few-shot meta-training (Adam) steps."})
 

@@ -129,6 +129,7 @@ class Auditor:
         else:
             self._stage("score", self._score)
             self._stage("analyze", self._analyze)
+            self._verify_stage()
         self._report_stages()
 
     def _run_distributed(self) -> AuditResult:
@@ -198,8 +199,9 @@ class Auditor:
             self._stage("train", self._train)
 
     def _back_stages(self) -> None:
-        """Rank 0's share after a sharded score: analyze, report, FiftyOne."""
+        """Rank 0's share after a sharded score: analyze, verify (if asked), report, FiftyOne."""
         self._stage("analyze", self._analyze)
+        self._verify_stage()
         self._report_stages()
         self._push_fiftyone()
 
@@ -332,6 +334,17 @@ class Auditor:
             planted = Path(self.config.data) / "planted.json"
             findings = self.store.read_json(FINDINGS_FILE)
             self.store.write_json(DEMO_CHECK_FILE, score_planted(planted, table, findings))
+
+    def _verify_stage(self) -> None:
+        """`--verify`: check the scores by retraining (auditor.runcheck) before the report shows them."""
+        if self.config.verify:
+            self._stage("verify", self._verify)
+
+    def _verify(self) -> None:
+        from auditor.influence.evaluate import RetrainCheckSettings
+        from auditor.runcheck import check_run
+
+        check_run(self.store, self.config, RetrainCheckSettings(seed=self.config.seed), progress=self.config.progress)
 
     def _report(self) -> None:
         from auditor.report.render import run_reports

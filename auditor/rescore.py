@@ -15,12 +15,13 @@ from auditor.config import AuditConfig
 from auditor.errors import AuditorError
 from auditor.influence.distributed import barrier, process_group
 from auditor.models.fitting import MODEL_INFO_FILE
+from auditor.runcheck import CHECK_FILE
 from auditor.schema import GATE_FILE
 from auditor.store import RunStore
 
 logger = logging.getLogger(__name__)
 
-RESCORED_STAGES = ["score", "analyze", "report", "fiftyone"]
+RESCORED_STAGES = ["score", "analyze", "verify", "report", "fiftyone"]
 
 
 def config_of_run(store: RunStore, *, progress: bool) -> AuditConfig:
@@ -56,6 +57,8 @@ def rescore_run(run_dir: str | Path, *, overwrite: bool, progress: bool = True) 
     with process_group() as world:
         if world.primary:
             store.clear_stages_from(RESCORED_STAGES)
+            if store.has(CHECK_FILE):  # it checked the old scores
+                store.path(CHECK_FILE).unlink()
             if store.has(GATE_FILE):
                 logger.warning(
                     "%s judged the earlier scores; run `auditor check %s --rules ...` to gate the new ones",

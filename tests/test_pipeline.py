@@ -230,6 +230,32 @@ def test_method_option_chooses_the_harm_estimator(planted_folder: tuple[Path, se
     assert exit_info.value.code == 2
 
 
+def test_eval_and_verify_check_the_scores_by_retraining(
+    planted_folder: tuple[Path, set[str]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root, _ = planted_folder
+    out = tmp_path / "run"
+    base = ["-q", "audit", str(root), "--out", str(out), "--epochs", "3", "--checkpoints", "2", "--no-fiftyone"]
+    assert main(["-q", "eval", str(out)]) == 2  # not a run yet: one line, exit 2
+    assert main(base) == 0
+    assert main(["-q", "eval", str(out), "--subsets", "2", "--random-removals", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert "harm_score: removing the top 2 lowers the validation loss by" in printed
+    check = json.loads((out / "influence_check.json").read_text())
+    assert set(check["removal"]) == {"harm_score", "if_harm", "knn_harm", "label_issue_score", "random"}
+    assert check["trainings"] == 1 + 4 + 1 + 2
+    audit_json = json.loads((out / "audit.json").read_text())
+    summary = audit_json["metrics"]["influence_check"]
+    assert summary["n_removed"] == 2
+    assert summary["method"] == "tracin"
+    assert isinstance(summary["harm_beats_random"], bool)
+    assert 'id="influence-check"' in (out / "index.html").read_text()
+    # `audit --verify` runs the same check as a stage of the audit (here resuming the finished run)
+    (out / "influence_check.json").unlink()
+    assert main([*base, "--verify"]) == 0
+    assert json.loads((out / "influence_check.json").read_text())["subsets"] == 8
+
+
 def test_unknown_target_class_is_exit_2(
     planted_folder: tuple[Path, set[str]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -1,4 +1,10 @@
-"""Ground truth for influence scores by retraining a convex model: leave-one-out, random subsets, LDS, removal curves.
+"""Ground truth for influence scores by retraining: leave-one-out, random subsets, LDS, removal curves.
+
+Two problems are retrained. `ConvexProblem` (the oracle tests' model, below) and a run's own proxy model
+(`check_by_retraining`, what `auditor eval RUN` and `auditor audit --verify` report): remove the top
+`removal_fraction` of training rows by each score column and retrain, against removing random rows; and
+retrain on random subsets for the LDS of each column on the validation loss. Same architecture, seed and
+schedule as the run's main model, so the only difference between retrainings is the data.
 
 The model is float64 multinomial logistic regression with an L2 penalty on every parameter, bias included:
     f(theta) = (1/n) sum_i w_i CE_i(theta) + (l2/2) |theta|^2,   w_i = 1 (kept) or 0 (removed),
@@ -13,7 +19,10 @@ Pure compute, no I/O.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 import scipy.linalg
@@ -21,6 +30,8 @@ import scipy.special
 import scipy.stats
 import torch
 from torch import nn
+
+from auditor.models.train import TrainSettings, predict, train_model
 
 logger = logging.getLogger(__name__)
 
@@ -170,3 +181,101 @@ def linear_datamodeling_score(harm: np.ndarray, keep: np.ndarray, actual_losses:
         scipy.stats.spearmanr(predicted[:, t], actual_losses[:, t]).statistic for t in range(predicted.shape[1])
     ]
     return float(np.nanmean(correlations))
+
+
+@dataclass(frozen=True, kw_only=True)
+class RetrainCheckSettings:
+    """How much retraining `check_by_retraining` does: 1 + columns + random_removals + subsets trainings."""
+
+    subsets: int = 8
+    subset_fraction: float = 0.5
+    removal_fraction: float = 0.05
+    random_removals: int = 2
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.subsets < 0 or self.random_removals < 1:
+            raise ValueError("subsets must be >= 0 and random_removals >= 1")
+        if not 0 < self.removal_fraction < 1 or not 0 < self.subset_fraction < 1:
+            raise ValueError("removal_fraction and subset_fraction must be in (0, 1)")
+
+
+def check_by_retraining(
+    build: Callable[[], nn.Module],
+    train: TrainSettings,
+    pixels: torch.Tensor,
+    targets: torch.Tensor,
+    train_rows: np.ndarray,
+    val_rows: np.ndarray,
+    scores: dict[str, np.ndarray],
+    settings: RetrainCheckSettings,
+    *,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Retrain `build()` with `train` on subsets of `train_rows` and measure the validation loss each time.
+
+    `scores[name]` is a harm column over `train_rows` (higher = removing the row should lower the validation
+    loss; NaN rows are never removed first). Returns plain JSON: `full` (loss, accuracy on all rows),
+    `removal` (per column and `random`: loss and accuracy after removing the top `removal_fraction`, and
+    `loss_drop` = full loss - that loss: positive = the removal helped), `lds` per column (Spearman over
+    `subsets` random subsets; absent when subsets < 2), and the seconds spent.
+    """
+    if not len(val_rows):
+        raise ValueError("checking influence by retraining needs validation rows")
+    started = time.perf_counter()
+    n = len(train_rows)
+    k = max(1, round(settings.removal_fraction * n))
+    trainings = 0
+
+    def validation(keep: np.ndarray) -> dict[str, float]:
+        nonlocal trainings
+        trainings += 1
+        torch.manual_seed(train.seed)
+        model = build()
+        rows = train_rows[keep]
+        train_model(model, pixels[rows], targets[rows], replace(train, checkpoints=1), progress=progress)
+        probs, _ = predict(model, pixels[val_rows])
+        labels = targets[val_rows].numpy()
+        given = np.clip(probs[np.arange(len(labels)), labels], 1e-12, None)
+        return {"loss": float(-np.log(given).mean()), "accuracy": float((probs.argmax(1) == labels).mean())}
+
+    full = validation(np.ones(n, dtype=bool))
+    removal: dict[str, dict[str, float]] = {}
+    for name, values in scores.items():
+        order = np.argsort(-np.nan_to_num(np.asarray(values, dtype=np.float64), nan=-np.inf), kind="stable")
+        keep = np.ones(n, dtype=bool)
+        keep[order[:k]] = False
+        removal[name] = validation(keep)
+        logger.info("Retrained without the top %d by %s: validation loss %.4f", k, name, removal[name]["loss"])
+    rng = np.random.default_rng(settings.seed)
+    draws = []
+    for _ in range(settings.random_removals):
+        keep = np.ones(n, dtype=bool)
+        keep[rng.choice(n, size=k, replace=False)] = False
+        draws.append(validation(keep))
+    removal["random"] = {
+        "loss": float(np.mean([d["loss"] for d in draws])),
+        "accuracy": float(np.mean([d["accuracy"] for d in draws])),
+        "loss_std": float(np.std([d["loss"] for d in draws])),
+    }
+    for entry in removal.values():
+        entry["loss_drop"] = full["loss"] - entry["loss"]
+    result: dict[str, Any] = {
+        "n_train": n,
+        "n_removed": k,
+        "removal_fraction": settings.removal_fraction,
+        "full": full,
+        "removal": removal,
+    }
+    if settings.subsets >= 2:
+        keep_masks = random_subsets(n, settings.subsets, settings.subset_fraction, settings.seed + 1)
+        actual = np.array([validation(mask)["loss"] for mask in keep_masks])
+        result["lds"] = {
+            name: linear_datamodeling_score(np.nan_to_num(np.asarray(values, dtype=np.float64)), keep_masks, actual)
+            for name, values in scores.items()
+        }
+        result["subsets"] = settings.subsets
+        result["subset_fraction"] = settings.subset_fraction
+    result["trainings"] = trainings
+    result["seconds"] = time.perf_counter() - started
+    return result

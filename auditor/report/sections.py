@@ -219,6 +219,41 @@ class DemoCheckSection(Section):
         return {"rows": rows}
 
 
+class InfluenceCheckSection(Section):
+    """`--verify` / `auditor eval`: the run's own check of its scores by retraining (auditor.runcheck)."""
+
+    name: ClassVar[str] = "influence_check"
+    title: ClassVar[str] = "Influence check by retraining"
+    template: ClassVar[str] = "sections/influence_check.html.j2"
+
+    def applies(self, tables: AuditTables) -> bool:
+        return isinstance(tables.metric("influence_check"), Mapping)
+
+    def build(self, tables: AuditTables) -> dict[str, Any]:
+        node = tables.metric("influence_check")
+        drops = node.get("loss_drop") or {}
+        lds = node.get("lds") or {}
+        random_drop = to_plain(node.get("random_loss_drop"))
+        rows = [
+            {
+                "name": _text(name),
+                "drop": to_plain(drop),
+                "lds": to_plain(lds.get(name)),
+                "beats_random": random_drop is not None and to_plain(drop) > random_drop,
+            }
+            for name, drop in drops.items()
+        ]
+        return {
+            "method": _text(node.get("method") or ""),
+            "n_removed": to_plain(node.get("n_removed")),
+            "full_loss": to_plain(node.get("full_loss")),
+            "random_drop": random_drop,
+            "rows": rows,
+            "has_lds": bool(lds),
+            "seconds": to_plain(node.get("seconds")),
+        }
+
+
 class LabelIssuesSection(Section):
     """Gallery of the samples most likely to be mislabeled, highest `label_issue_score` first, with look-alikes.
 
@@ -913,6 +948,7 @@ SECTIONS: tuple[type[Section], ...] = (
     GateSection,
     OverviewSection,
     DemoCheckSection,
+    InfluenceCheckSection,
     LabelIssuesSection,
     HarmfulSection,
     FewShotSection,
