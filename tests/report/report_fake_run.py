@@ -133,6 +133,16 @@ def write_fake_run(root: Path, *, with_scores: bool = True) -> FakeRun:
                 },
                 "leakage": {"cross_split_pairs": 3},
                 "slices": {"significant": {"count": 1}, "worst": {"accuracy_gap": 0.21}},
+                "influence_check": {
+                    "method": "tracin",
+                    "n_removed": 3,
+                    "full_loss": 0.62,
+                    "random_loss_drop": -0.01,
+                    "loss_drop": {"harm_score": 0.05, "knn_harm": -0.02},
+                    "harm_beats_random": True,
+                    "lds": {"harm_score": 0.31, "knn_harm": 0.12},
+                    "seconds": 42.0,
+                },
             },
         )
         store.write_json(
