@@ -7,7 +7,8 @@ the harm of every training image on the validation loss with each auditor method
 timed, and with traker 0.3.2 (proj 2048, the same 5 checkpoints; harm = minus the mean TRAK score over the
 validation images) on --traker-seeds. Then `check_by_retraining` (the code behind `auditor eval`) retrains the
 same architecture, seed and schedule without each column's top 5%, without 2 random 5%s, and on --subsets random
-halves for the LDS. Also reports each column's AUROC / AP for the moved images among the training rows.
+halves for the LDS. Kronfluence 1.0.1 (EK-FAC, final checkpoint) runs beside traker. Also reports each
+column's AUROC / AP for the moved images among the training rows.
 One CPU thread is enough; writes benchmarks/results/influence_eval.json.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/influence_eval.py --seeds 0 1 2 --lds-seeds 0 --traker-seeds 0
@@ -19,6 +20,7 @@ import argparse
 import json
 import logging
 import os
+import sys
 import tempfile
 import time
 import zipfile
@@ -41,6 +43,11 @@ from auditor.store import RunStore
 
 logger = logging.getLogger("benchmarks.influence_eval")
 REPO = Path(__file__).resolve().parents[1]
+# Kronfluence's wheel ships a top-level `tests` package that would shadow this repository's tests in the venv,
+# so it is installed apart: `pip install --no-deps --target .peers kronfluence==1.0.1` (README "Benchmarks").
+PEERS = REPO / ".peers"
+if PEERS.is_dir():
+    sys.path.append(str(PEERS))
 SHARED_DATA = Path(os.environ.get("AUDITOR_SHARED_DATA", REPO.parent / "shared" / "data"))
 ZIP = SHARED_DATA / "omniglot" / "images_background_small1.zip"
 # if-exact: the head of Conv-4 on Omniglot small1 has 64 x ~300 + ~300 parameters (a 20k x 20k Hessian);
@@ -113,6 +120,63 @@ def run_traker(
     return -scores.mean(axis=1)
 
 
+def run_kronfluence(
+    model: torch.nn.Module,
+    state: dict[str, torch.Tensor],
+    train: tuple[torch.Tensor, torch.Tensor],
+    val: tuple[torch.Tensor, torch.Tensor],
+    *,
+    scratch: Path,
+    batch_size: int = 64,
+) -> np.ndarray:
+    """Kronfluence 1.0.1 EK-FAC influence of every training image on the validation loss, final checkpoint.
+
+    Kronfluence's pairwise score is g_val^T (G + damping)^-1 g_train: positive = up-weighting the training image
+    lowers that validation loss (helpful), so harm = minus its mean over the validation images. Its own defaults
+    (sampled-label Fisher, heuristic damping); Conv2d and Linear modules (BatchNorm is not tracked).
+    """
+    from kronfluence.analyzer import Analyzer, prepare_model
+    from kronfluence.arguments import FactorArguments
+    from kronfluence.task import Task
+    from torch.utils.data import TensorDataset
+
+    class ClassificationTask(Task):  # type: ignore[misc]
+        def compute_train_loss(self, batch: Any, model: torch.nn.Module, sample: bool = False) -> torch.Tensor:
+            inputs, labels = batch
+            logits = model(inputs)
+            if sample:
+                with torch.no_grad():
+                    labels = torch.multinomial(torch.softmax(logits.detach(), dim=-1), 1).flatten()
+            return torch.nn.functional.cross_entropy(logits, labels, reduction="sum")
+
+        def compute_measurement(self, batch: Any, model: torch.nn.Module) -> torch.Tensor:
+            inputs, labels = batch
+            return torch.nn.functional.cross_entropy(model(inputs), labels, reduction="sum")
+
+    model.load_state_dict(state)
+    model.eval()
+    task = ClassificationTask()
+    model = prepare_model(model, task)
+    analyzer = Analyzer(
+        analysis_name="bench", model=model, task=task, cpu=True, disable_tqdm=True, output_dir=str(scratch)
+    )
+    train_set = TensorDataset(to_float(train[0]), train[1])
+    val_set = TensorDataset(to_float(val[0]), val[1])
+    analyzer.fit_all_factors(
+        "ekfac", dataset=train_set, per_device_batch_size=batch_size, factor_args=FactorArguments(strategy="ekfac")
+    )
+    analyzer.compute_pairwise_scores(
+        "val",
+        factors_name="ekfac",
+        query_dataset=val_set,
+        train_dataset=train_set,
+        per_device_query_batch_size=batch_size,
+        per_device_train_batch_size=batch_size,
+    )
+    scores = analyzer.load_pairwise_scores("val")["all_modules"]  # [n_val, n_train]
+    return np.asarray(-scores.double().mean(0).numpy())
+
+
 def run_seed(seed: int, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     root = workdir / f"omniglot-noisy-{seed}"
     with zipfile.ZipFile(ZIP) as archive:
@@ -167,6 +231,17 @@ def run_seed(seed: int, args: argparse.Namespace, workdir: Path) -> dict[str, An
             )
         seconds["traker"] = time.perf_counter() - start
         logger.info("seed %d: traker in %.1f s", seed, seconds["traker"])
+        start = time.perf_counter()
+        with tempfile.TemporaryDirectory(dir=workdir) as scratch:
+            columns["kronfluence"] = run_kronfluence(
+                spec.build(),
+                main.checkpoints[-1].state,
+                (pixels[train_rows], targets[train_rows]),
+                (pixels[val_rows], targets[val_rows]),
+                scratch=Path(scratch),
+            )
+        seconds["kronfluence"] = time.perf_counter() - start
+        logger.info("seed %d: kronfluence in %.1f s", seed, seconds["kronfluence"])
     detection = {name: _quality(truth, values) for name, values in columns.items()}
     check = check_by_retraining(
         spec.build,
@@ -216,7 +291,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--lds-seeds", type=int, nargs="*", default=[0])
-    parser.add_argument("--traker-seeds", type=int, nargs="*", default=[0])
+    parser.add_argument("--traker-seeds", "--peer-seeds", type=int, nargs="*", default=[0])
     parser.add_argument("--subsets", type=int, default=16)
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--proj-dim", type=int, default=2048)

@@ -276,6 +276,7 @@ def check_by_retraining(
         }
         result["subsets"] = settings.subsets
         result["subset_fraction"] = settings.subset_fraction
+        result["subset_losses"] = actual.tolist()  # with the seed, enough to score a new column without retraining
     result["trainings"] = trainings
     result["seconds"] = time.perf_counter() - started
     return result
