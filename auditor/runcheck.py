@@ -89,6 +89,7 @@ def check_summary(result: dict[str, Any]) -> dict[str, Any]:
         summary["harm_beats_random"] = bool(removal[HARM_SCORE]["loss_drop"] > random_drop)
     if "lds" in result:
         summary["lds"] = result["lds"]
+        summary["subsets"] = result["subsets"]
     return summary
 
 

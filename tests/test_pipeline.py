@@ -250,6 +250,7 @@ def test_eval_and_verify_check_the_scores_by_retraining(
     assert summary["method"] == "tracin"
     assert isinstance(summary["harm_beats_random"], bool)
     assert 'id="influence-check"' in (out / "index.html").read_text()
+    assert "**Influence check:** retraining without the 2 most harmful" in (out / "summary.md").read_text()
     # `audit --verify` runs the same check as a stage of the audit (here resuming the finished run)
     (out / "influence_check.json").unlink()
     assert main([*base, "--verify"]) == 0

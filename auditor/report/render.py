@@ -194,8 +194,24 @@ def render_markdown_tables(tables: AuditTables, *, template_dir: str | Path | No
             failed_rules=failed,
             n_results=len(tables.results),
             report_file=INDEX_HTML,
+            check=_influence_check_line(tables),
         )
     )
+
+
+def _influence_check_line(tables: AuditTables) -> str | None:
+    """One sentence on the retraining check of `harm_score` (`--verify` / `auditor eval`), if the run has one."""
+    node = tables.metric("influence_check")
+    drop = tables.metric("influence_check.loss_drop.harm_score")
+    if not isinstance(node, dict) or drop is None:
+        return None
+    line = (
+        f"retraining without the {node.get('n_removed')} most harmful training images by harm_score "
+        f"(--method {node.get('method')}) changed the validation loss by {-float(drop):+.4f} "
+        f"(random images: {-float(node.get('random_loss_drop', 0.0)):+.4f})"
+    )
+    lds = tables.metric("influence_check.lds.harm_score")
+    return line + (f"; LDS {float(lds):.2f} over {node.get('subsets')} random halves" if lds is not None else "")
 
 
 def build_audit_json_tables(tables: AuditTables) -> dict[str, Any]:

@@ -250,6 +250,7 @@ class InfluenceCheckSection(Section):
             "random_drop": random_drop,
             "rows": rows,
             "has_lds": bool(lds),
+            "subsets": to_plain(node.get("subsets")),
             "seconds": to_plain(node.get("seconds")),
         }
 
@@ -948,9 +949,9 @@ SECTIONS: tuple[type[Section], ...] = (
     GateSection,
     OverviewSection,
     DemoCheckSection,
-    InfluenceCheckSection,
     LabelIssuesSection,
     HarmfulSection,
+    InfluenceCheckSection,
     FewShotSection,
     TargetsSection,
     SlicesSection,
