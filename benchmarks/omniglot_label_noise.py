@@ -1,10 +1,15 @@
-"""Mislabel detection on Omniglot small1 with 10% of images moved to other characters: auditor vs cleanlab.
+"""Mislabel detection with 10% of images moved to another class: auditor (one audit) vs cleanlab (5 trainings).
 
-Both tools get the same images (auditor's preprocessed pixels), the same proxy architecture (Conv-4 with
-BatchNorm) and the same training settings; cleanlab gets 5-fold out-of-fold probabilities (5 trainings),
-auditor runs its normal audit. Writes benchmarks/results/omniglot_label_noise.json.
+Datasets: Omniglot small1 (`--dataset omniglot`, 2,720 images, 136 characters; the default), scikit-learn's
+digits (`digits`, 1,797 8x8 images written as PNGs) and the shared mini-ImageNet subset (`mini-imagenet`, 2,016
+84x84 colour images, 100 classes, written as class folders). Both tools get the same images (auditor's
+preprocessed pixels), the same proxy architecture (the run's own: Conv-4 with BatchNorm for grey/small images,
+the small ResNet for colour) and the same training settings; cleanlab gets 5-fold out-of-fold probabilities
+(5 trainings), auditor runs its normal audit. Baselines from inside our run: TracIn self-influence over the
+checkpoints (equal to Captum TracInCP's, benchmarks/tracin_speed.py), loss over checkpoints, out-of-fold loss,
+final loss. Writes benchmarks/results/omniglot_label_noise.json (or mislabels_<dataset>.json).
 
-    .venv/bin/python benchmarks/omniglot_label_noise.py [--seeds 0] [--epochs 20]
+    .venv/bin/python benchmarks/omniglot_label_noise.py [--dataset omniglot] [--seeds 0 1 2] [--epochs 20]
 """
 
 from __future__ import annotations
@@ -25,13 +30,15 @@ from sklearn.model_selection import StratifiedKFold
 
 import auditor
 from auditor.data.planting import plant_label_noise_in_folder
-from auditor.models.architectures import Conv4
+from auditor.models.fitting import ModelSpec
 from auditor.models.train import TrainSettings, predict, train_model
 
 logger = logging.getLogger("benchmarks.omniglot_label_noise")
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("AUDITOR_SHARED_DATA", REPO.parent / "shared" / "data"))
 ZIP = SHARED_DATA / "omniglot" / "images_background_small1.zip"
+MINI_IMAGENET = SHARED_DATA / "mini_imagenet"
+DATASETS = ("omniglot", "digits", "mini-imagenet")
 
 
 def _quality(truth: np.ndarray, score: np.ndarray, flags: np.ndarray | None = None) -> dict[str, float]:
@@ -50,13 +57,13 @@ def run_cleanlab(run_dir: Path, labels: np.ndarray, truth: np.ndarray, *, epochs
 
     pixels = torch.from_numpy(np.load(run_dir / "pixels.npy"))
     targets = torch.from_numpy(labels)
-    n_classes = int(labels.max()) + 1
-    probs = np.zeros((len(labels), n_classes))
+    spec = ModelSpec(**json.loads((run_dir / "model" / "models.json").read_text())["spec"])
+    probs = np.zeros((len(labels), spec.n_classes))
     start = time.perf_counter()
     folds = StratifiedKFold(n_splits=5, shuffle=True, random_state=seed).split(np.zeros(len(labels)), labels)
     for k, (train_rows, held_out) in enumerate(folds):
         torch.manual_seed(seed + k)
-        model = Conv4(pixels.shape[1], n_classes, image_size=pixels.shape[2])
+        model = spec.build()
         settings = TrainSettings(epochs=epochs, batch_size=64, learning_rate=0.01, checkpoints=1, seed=seed + k)
         train_model(model, pixels[train_rows], targets[train_rows], settings, progress=False)
         probs[held_out], _ = predict(model, pixels[held_out])
@@ -66,17 +73,41 @@ def run_cleanlab(run_dir: Path, labels: np.ndarray, truth: np.ndarray, *, epochs
     return {"wall_s": seconds, "trainings": 5, **_quality(truth, 1 - scores, issues)}
 
 
-def run_seed(seed: int, epochs: int, workdir: Path) -> dict[str, object]:
+def write_dataset(dataset: str, root: Path) -> tuple[Path, str, int]:
+    """Write `dataset` under `root` as folders; returns (data folder, auditor --format, class folder depth)."""
+    if dataset == "omniglot":
+        with zipfile.ZipFile(ZIP) as archive:
+            archive.extractall(root)
+        return root / "images_background_small1", "omniglot", 2
+    data = root / dataset
+    if dataset == "digits":
+        from PIL import Image
+        from sklearn.datasets import load_digits
+
+        digits = load_digits()
+        for index, (image, label) in enumerate(zip(digits.images, digits.target, strict=True)):
+            path = data / str(label) / f"{index:04d}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray((image * 255 / 16).astype(np.uint8), mode="L").save(path)
+        return data, "imagefolder", 1
+    import pandas as pd
+
+    for split in ("train", "val", "test"):
+        for row in pd.read_csv(MINI_IMAGENET / f"{split}.csv").itertuples():
+            path = data / str(row.label) / str(row.filename)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            os.symlink(MINI_IMAGENET / "images" / str(row.filename), path)
+    return data, "imagefolder", 1
+
+
+def run_seed(dataset: str, seed: int, epochs: int, workdir: Path) -> dict[str, object]:
     """Plant noise with `seed`, audit it, run cleanlab on the same data; return all figures."""
-    root = workdir / f"omniglot-noisy-{seed}"
-    with zipfile.ZipFile(ZIP) as archive:
-        archive.extractall(root)
-    data = root / "images_background_small1"
-    moves = plant_label_noise_in_folder(data, rate=0.10, seed=seed, class_depth=2)
+    data, data_format, depth = write_dataset(dataset, workdir / f"{dataset}-noisy-{seed}")
+    moves = plant_label_noise_in_folder(data, rate=0.10, seed=seed, class_depth=depth)
     moved = {m["relpath"] for m in moves}
     start = time.perf_counter()
     result = auditor.audit(
-        str(data), format="omniglot", out=str(workdir / f"run-{seed}"), epochs=epochs, seed=seed, fiftyone=False
+        str(data), format=data_format, out=str(workdir / f"run-{seed}"), epochs=epochs, seed=seed, fiftyone=False
     )
     audit_s = time.perf_counter() - start
     samples = result.samples
@@ -108,17 +139,27 @@ def run_seed(seed: int, epochs: int, workdir: Path) -> dict[str, object]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", choices=DATASETS, default="omniglot")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "omniglot_label_noise.json"))
+    parser.add_argument("--out", default=None, help="default: omniglot_label_noise.json / mislabels_<dataset>.json")
     args = parser.parse_args()
+    if args.out is None:
+        name = "omniglot_label_noise" if args.dataset == "omniglot" else f"mislabels_{args.dataset}"
+        args.out = str(REPO / "benchmarks" / "results" / f"{name}.json")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     with tempfile.TemporaryDirectory() as tmp:
-        runs = [run_seed(seed, args.epochs, Path(tmp)) for seed in args.seeds]
+        runs = [run_seed(args.dataset, seed, args.epochs, Path(tmp)) for seed in args.seeds]
+    descriptions = {
+        "omniglot": "omniglot images_background_small1, 10% of images moved to another character",
+        "digits": "scikit-learn digits (1,797 8x8), 10% of images moved to another digit",
+        "mini-imagenet": "mini-ImageNet subset (2,016 84x84, 100 classes), 10% of images moved to another class",
+    }
     summary = {
-        "dataset": "omniglot images_background_small1, 10% of images moved to another character",
-        "model": f"Conv-4 with BatchNorm, {args.epochs} epochs, same settings for both tools",
-        "command": "python benchmarks/omniglot_label_noise.py --seeds " + " ".join(str(s) for s in args.seeds),
+        "dataset": descriptions[args.dataset],
+        "model": f"the run's proxy (models.json spec), {args.epochs} epochs, same settings for both tools",
+        "command": f"OMP_NUM_THREADS=1 .venv/bin/python benchmarks/omniglot_label_noise.py --dataset {args.dataset} "
+        "--seeds " + " ".join(str(s) for s in args.seeds),
         "mean": {
             tool: {
                 key: float(np.mean([run[tool][key] for run in runs]))  # type: ignore[index]

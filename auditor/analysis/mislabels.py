@@ -1,9 +1,10 @@
 """Likely mislabels: a label-issue score, a flag and a suggested label for every sample.
 
 Evidence per sample: class probabilities averaged over the training checkpoints of the models that
-trained on it (training dynamics: mislabeled samples are learned late, if at all) and out-of-fold
-probabilities from the model that did not (generalisation). They are combined as a product of experts
-(normalised geometric mean), which keeps a class likely only if both views find it likely.
+trained on it (training dynamics: mislabeled samples are learned late, if at all), out-of-fold
+probabilities from the model that did not (generalisation), and the labels of its nearest neighbours in
+embedding space (out-of-fold and in the main model). They are combined as a product of experts, which
+keeps a class likely only if the views agree.
 Pure compute on arrays; no I/O.
 """
 
@@ -15,19 +16,74 @@ from sklearn.isotonic import IsotonicRegression
 _EPS = 1e-12
 
 
-def combine_label_evidence(probs_in: np.ndarray, probs_oof: np.ndarray | None) -> np.ndarray:
-    """Normalised geometric mean of in-sample and out-of-fold probabilities; rows without OOF keep in-sample.
+KNN_OOF_NEIGHBOURS = 10
+KNN_MAIN_NEIGHBOURS = 5
+# Exponents of the experts in the product (log-linear pool). In-sample and out-of-fold probabilities 1/2 each
+# (their normalised geometric mean, as before the kNN experts); the out-of-fold kNN 1/2; the main model's kNN 1/4.
+# Chosen on Omniglot small1 and digits with 10% moved labels, seed 0 (benchmarks/omniglot_label_noise.py):
+# Omniglot AUROC / AP 0.9917 / 0.947 -> 0.9950 / 0.967, digits 0.9989 / 0.9917 -> 0.9990 / 0.9923; the main kNN
+# alone at 1/2 helped Omniglot but cost digits 0.005 AP (its training rows sit among neighbours that share the
+# labels it memorised), so it gets half the weight.
+_KNN_OOF_WEIGHT = 0.5
+_KNN_MAIN_WEIGHT = 0.25
 
-    On Omniglot small1 with 10% flipped labels this beats either view alone (AUROC 0.990 vs 0.988
-    out-of-fold and 0.910 in-sample) and its arg-max disagrees with the given label on 90% of the flips.
+
+def knn_label_posterior(
+    query: np.ndarray,
+    reference: np.ndarray,
+    reference_labels: np.ndarray,
+    n_classes: int,
+    *,
+    k: int,
+    exclude_self: bool = False,
+) -> np.ndarray:
+    """[Q, C] smoothed label frequencies among each query row's k nearest reference rows (Euclidean).
+
+    (count_c + 0.5) / (k + 0.5 C): a Dirichlet(1/2) prior, so a class no neighbour carries keeps a small
+    probability and the log-linear pool stays finite. `exclude_self`: query and reference are the same rows
+    and a row is not its own neighbour.
     """
-    if probs_oof is None:
-        return probs_in
-    has_oof = ~np.isnan(probs_oof).any(axis=1)
-    combined = probs_in.copy()
-    product = np.sqrt(np.clip(probs_in[has_oof], _EPS, None) * np.clip(probs_oof[has_oof], _EPS, None))
-    combined[has_oof] = product / product.sum(axis=1, keepdims=True)
-    return combined
+    from sklearn.neighbors import NearestNeighbors
+
+    k = min(k, len(reference) - int(exclude_self))
+    if k < 1:
+        return np.full((len(query), n_classes), 1.0 / n_classes)
+    finder = NearestNeighbors(n_neighbors=k + int(exclude_self)).fit(reference)
+    _, neighbours = finder.kneighbors(query)
+    if exclude_self:
+        neighbours = neighbours[:, 1:]
+    counts = np.zeros((len(query), n_classes))
+    np.add.at(counts, (np.repeat(np.arange(len(query)), k), reference_labels[neighbours].ravel()), 1.0)
+    return (counts + 0.5) / (k + 0.5 * n_classes)
+
+
+def combine_label_evidence(
+    probs_in: np.ndarray,
+    probs_oof: np.ndarray | None,
+    *,
+    knn_oof: np.ndarray | None = None,
+    knn_main: np.ndarray | None = None,
+) -> np.ndarray:
+    """Product of experts (normalised log-linear pool) of the label evidence of every row.
+
+    Experts: class probabilities averaged over the checkpoints of the models that trained on the row
+    (`probs_in`, training dynamics), out-of-fold probabilities (`probs_oof`), an out-of-fold kNN classifier in
+    the embedding of the cross-fit model that did not train on the row (`knn_oof`) and a kNN among all rows in
+    the main model's embedding (`knn_main`). Rows without out-of-fold evidence (NaN) keep their in-sample
+    probabilities at full weight. Without kNN experts this is the normalised geometric mean of in-sample and
+    out-of-fold probabilities (Omniglot small1, 10% flipped: AUROC 0.990 vs 0.988 out-of-fold alone).
+    """
+    log_pool = np.log(np.clip(probs_in, _EPS, None))
+    if probs_oof is not None:
+        has_oof = ~np.isnan(probs_oof).any(axis=1)
+        log_pool[has_oof] = 0.5 * log_pool[has_oof] + 0.5 * np.log(np.clip(probs_oof[has_oof], _EPS, None))
+    if knn_oof is not None:
+        has_knn = ~np.isnan(knn_oof).any(axis=1)
+        log_pool[has_knn] += _KNN_OOF_WEIGHT * np.log(np.clip(knn_oof[has_knn], _EPS, None))
+    if knn_main is not None:
+        log_pool += _KNN_MAIN_WEIGHT * np.log(np.clip(knn_main, _EPS, None))
+    pooled = np.exp(log_pool - log_pool.max(axis=1, keepdims=True))
+    return np.asarray(pooled / pooled.sum(axis=1, keepdims=True))
 
 
 class LabelIssueDetector:

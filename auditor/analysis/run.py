@@ -35,7 +35,12 @@ from auditor.analysis.image_properties import (
     PNG_BITS_PER_PIXEL,
     load_image_properties,
 )
-from auditor.analysis.mislabels import LabelIssueDetector, combine_label_evidence
+from auditor.analysis.mislabels import (
+    KNN_MAIN_NEIGHBOURS,
+    LabelIssueDetector,
+    combine_label_evidence,
+    knn_label_posterior,
+)
 from auditor.analysis.neighbours import compute_nearest_neighbours, describe_neighbours
 from auditor.analysis.slices import GroupPerformance, SliceScanner, SpuriousCorrelationScanner
 from auditor.analysis.targets import TargetComparison, harm_target_columns
@@ -142,10 +147,24 @@ def score_samples(samples: pd.DataFrame, scores: pd.DataFrame, store: RunStore, 
     probs_oof = store.read_array("probs_oof").astype(np.float64)
     probs_main = store.read_array("probs_main").astype(np.float64)
     has_oof = not np.isnan(probs_oof).all()
+    # Runs scored before the kNN experts existed have no knn_oof / may lack embeddings: the pool goes without.
+    knn_oof = store.read_array("knn_oof").astype(np.float64) if store.has("knn_oof.npy") else None
+    knn_main = None
+    if store.has("embeddings.npy"):
+        embeddings = store.read_array("embeddings").astype(np.float64)
+        knn_main = knn_label_posterior(
+            embeddings, embeddings, labels, len(classes), k=KNN_MAIN_NEIGHBOURS, exclude_self=True
+        )
+    # Two pools: the probabilities alone decide flags and suggestions (they are calibrated enough for the Bayes
+    # rule: 362 flags at precision 0.68 on Omniglot with 10% moved labels, where adding the smoothed kNN experts
+    # gives 452 at 0.56), and every expert ranks (label_issue_score; AP 0.947 -> 0.967 there).
     evidence = combine_label_evidence(probs_in, probs_oof if has_oof else None)
+    ranking = combine_label_evidence(
+        probs_in, probs_oof if has_oof else None, knn_oof=knn_oof if has_oof else None, knn_main=knn_main
+    )
     detector = LabelIssueDetector().fit(evidence, labels, held_out=probs_oof if has_oof else None)
     names = np.asarray(classes, dtype=object)
-    table[LABEL_ISSUE_SCORE] = detector.label_issue_score_
+    table[LABEL_ISSUE_SCORE] = 1.0 - ranking[np.arange(len(table)), labels]
     table[IS_LABEL_ISSUE] = detector.is_label_issue_
     table[SUGGESTED_LABEL] = names[detector.suggested_label_]
     table[GIVEN_LABEL_PROB] = evidence[np.arange(len(table)), labels]

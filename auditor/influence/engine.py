@@ -2,7 +2,8 @@
 
 Owns I/O for scoring: methods (tracin, gradients) are pure; this module decides rows, targets and storage.
 Outputs: `scores.parquet` (per sample), `probs_in.npy` (in-sample class probabilities averaged over
-checkpoints), `probs_oof.npy` (out-of-fold probabilities; NaN without folds), `probs_main.npy`,
+checkpoints), `probs_oof.npy` (out-of-fold probabilities; NaN without folds), `knn_oof.npy` (out-of-fold kNN label
+posterior in each fold model's embedding; NaN without folds), `probs_main.npy`,
 `embeddings.npy` (main model's penultimate features), all in samples-table row order.
 """
 
@@ -14,6 +15,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from auditor.analysis.mislabels import KNN_OOF_NEIGHBOURS, knn_label_posterior
 from auditor.influence.distributed import current_world
 from auditor.influence.ihvp import IHVPSettings
 from auditor.influence.influence_functions import compute_head_influence
@@ -32,6 +34,7 @@ SCORES_TABLE = "scores"
 INFLUENCE_TABLE = "influence"
 DYNAMICS_LOSS = "dynamics_loss"
 OOF_LOSS = "oof_loss"
+KNN_OOF_ARRAY = "knn_oof"  # out-of-fold kNN label posterior [N, C] (NaN rows without a fold that held them out)
 _VAL_KEY = "\0val"  # target-set key of the validation loss (cannot clash with a harm_<name> column)
 
 
@@ -84,6 +87,8 @@ def run_scoring(
     dyn_sum = np.zeros(n)
     probs_in_sum = np.zeros((n, n_classes))
     probs_oof = np.full((n, n_classes), np.nan)
+    knn_oof = np.full((n, n_classes), np.nan)
+    labels = targets.numpy()
     harm = np.full(n, np.nan)
 
     # Main model: harm on the validation loss (and on each extra target) for the rows it trained on, by `method`.
@@ -148,7 +153,12 @@ def run_scoring(
             harm[not_main] = scored.harm[np.isin(rows, not_main)]
         probs_in_sum[rows] += _mean_probs_over_checkpoints(network, fold, pixels[rows])
         network.load_state_dict(fold.checkpoints[-1].state)
-        probs_oof[held_out], _ = predict(network, pixels[held_out])
+        fold_probs, fold_embeddings = predict(network, pixels)
+        probs_oof[held_out] = fold_probs[held_out]
+        # An out-of-fold kNN classifier: held-out rows against the fold's training rows, in the fold's embedding.
+        knn_oof[held_out] = knn_label_posterior(
+            fold_embeddings[held_out], fold_embeddings[rows], labels[rows], n_classes, k=KNN_OOF_NEIGHBOURS
+        )
 
     extra_columns = _second_opinions(network, main, embeddings, targets, train_rows, val_rows, n)
 
@@ -172,6 +182,7 @@ def run_scoring(
     store.write_array("probs_main", probs_main.astype(np.float32))
     store.write_array("probs_in", probs_in.astype(np.float32))
     store.write_array("probs_oof", probs_oof.astype(np.float32))
+    store.write_array(KNN_OOF_ARRAY, knn_oof.astype(np.float32))
     store.write_array("embeddings", embeddings.astype(np.float32))
     store.write_table(SCORES_TABLE, scores)
     store.write_table(INFLUENCE_TABLE, long_influence_table(scores, list(target_columns), method=method))

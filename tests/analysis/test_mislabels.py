@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from auditor.analysis.harmful import HarmfulDetector
-from auditor.analysis.mislabels import LabelIssueDetector, combine_label_evidence
+from auditor.analysis.mislabels import LabelIssueDetector, combine_label_evidence, knn_label_posterior
 
 
 def _planted(n: int = 300, n_classes: int = 4, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -99,6 +99,38 @@ def test_product_of_experts_keeps_in_sample_rows_without_oof() -> None:
     expected = np.sqrt([0.45, 0.05])
     np.testing.assert_allclose(combined[0], expected / expected.sum())
     np.testing.assert_allclose(combined.sum(1), 1.0)
+
+
+def test_knn_posterior_counts_neighbour_labels_with_a_half_count_prior() -> None:
+    rng = np.random.default_rng(0)
+    reference = np.vstack([rng.normal(0, 0.1, (6, 2)), rng.normal(5, 0.1, (6, 2))])
+    labels = np.repeat([0, 1], 6)
+    labels[0] = 1  # one row of the first cluster carries the other cluster's label
+    query = np.array([[0.0, 0.0], [5.0, 5.0]])
+    posterior = knn_label_posterior(query, reference, labels, 3, k=6)
+    np.testing.assert_allclose(posterior[0], np.array([5.5, 1.5, 0.5]) / 7.5)
+    np.testing.assert_allclose(posterior[1], np.array([0.5, 6.5, 0.5]) / 7.5)
+    # Leave-self-out on the reference itself: row 0's neighbours are its 5 cluster mates (label 0) + 1 far row.
+    own = knn_label_posterior(reference, reference, labels, 3, k=5, exclude_self=True)
+    np.testing.assert_allclose(own[0], np.array([5.5, 0.5, 0.5]) / 6.5)
+
+
+def test_knn_experts_raise_the_score_of_a_row_its_neighbours_disagree_with() -> None:
+    probs_in = np.array([[0.6, 0.4], [0.6, 0.4]])
+    probs_oof = np.array([[0.6, 0.4], [0.6, 0.4]])
+    knn_oof = np.array([[0.9, 0.1], [0.1, 0.9]])  # row 1's out-of-fold neighbours carry label 1
+    knn_main = np.array([[0.9, 0.1], [0.1, 0.9]])
+    labels = np.array([0, 0])
+    base = combine_label_evidence(probs_in, probs_oof)
+    pooled = combine_label_evidence(probs_in, probs_oof, knn_oof=knn_oof, knn_main=knn_main)
+    assert pooled[1, 0] < base[1, 0] < pooled[0, 0]
+    expected = np.exp(0.5 * np.log([0.6, 0.4]) * 2 + 0.5 * np.log([0.1, 0.9]) + 0.25 * np.log([0.1, 0.9]))
+    np.testing.assert_allclose(pooled[1], expected / expected.sum())
+    assert LabelIssueDetector(min_reliability=0).fit(pooled, labels).is_label_issue_.tolist() == [False, True]
+    # rows without out-of-fold kNN (NaN) keep the rest of the pool
+    knn_oof[0] = np.nan
+    partial = combine_label_evidence(probs_in, probs_oof, knn_oof=knn_oof)
+    np.testing.assert_allclose(partial[0], base[0])
 
 
 def test_harmful_detector_flags_only_high_positive_outliers() -> None:
