@@ -69,6 +69,8 @@ def run_scoring(
     must call this (TracIn rows are sharded over ranks); only rank 0 writes. `method` (one of
     auditor.influence.methods.METHODS) computes `harm_score` and the `harm_<name>` columns; self-influence,
     training dynamics and probabilities always come from TracIn's pass, which label_issue_score is tuned on.
+    Rows outside the main model's training set (validation, test) get TracIn harm from the cross-fit model
+    that trained them, whatever the method: `method` applies to the main model's training rows.
     """
     n, n_classes = len(samples), spec.n_classes
     splits = samples[SPLIT].to_numpy()
