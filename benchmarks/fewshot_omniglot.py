@@ -50,6 +50,7 @@ from auditor.fewshot.influence import (
 )
 from auditor.fewshot.learners import MAML, MetaLearner, ProtoNet, TaskBatch, materialize_tasks
 from auditor.fewshot.run import FewShotOptions, run_fewshot_audit
+from auditor.fewshot.stage import label_issue_flags
 from auditor.fewshot.training import MetaTrainSettings, evaluate_accuracy, evaluate_loss, train_meta
 
 logger = logging.getLogger("benchmarks.fewshot_omniglot")
@@ -232,7 +233,9 @@ def run_learner(name: str, pixels: torch.Tensor, labels: np.ndarray, args: argpa
         }
         removals[label]["accuracy_gap"] = abs(removals[label]["edit_accuracy"] - removals[label]["retrain_accuracy"])
         logger.info("%s: remove %s 40%%: %s", name, label, removals[label])
-    lds = task_lds(learner, initial, train, val, settings, influence.scores, tracin_harm, args)
+    lds: dict[str, Any] = {"n_subsets": 0, "skipped": "--lds-subsets below 3"}
+    if args.lds_subsets >= 3:
+        lds = task_lds(learner, initial, train, val, settings, influence.scores, tracin_harm, args)
     return {
         "learner": learner_label(name, args),
         "seed": args.seed,
@@ -304,7 +307,8 @@ def run_label_noise(name: str, images: np.ndarray, labels: np.ndarray, args: arg
         n_val_tasks=args.val_tasks,
         n_test_tasks=args.test_tasks,
         train=train_settings(args, name),
-        influence=influence_settings_of(args),
+        # Label-issue scores do not use the task scores: the final point alone saves the per-checkpoint solves.
+        influence=replace(influence_settings_of(args), average_checkpoints=False),
         width=args.width,
         inner_lr=args.maml_inner_lr,
         inner_steps=args.maml_inner_steps,
@@ -316,6 +320,7 @@ def run_label_noise(name: str, images: np.ndarray, labels: np.ndarray, args: arg
     )
     seconds = time.perf_counter() - start
     scores = result.sample_scores
+    flags, _ = label_issue_flags(scores)
     label_score = scores["label_issue_score"].to_numpy(dtype=float)
     in_tasks = (scores["n_support"] + scores["n_query"]).to_numpy() > 0
     per_appearance = scores["harm_score"].to_numpy(dtype=float) / np.maximum(
@@ -328,6 +333,9 @@ def run_label_noise(name: str, images: np.ndarray, labels: np.ndarray, args: arg
         "label_issue_ap": float(average_precision_score(moved, label_score)),
         "suggested_label_correct": float((scores["suggested_label"].to_numpy() == labels)[moved].mean()),
         "instance_if_harm_per_appearance_auroc": float(roc_auc_score(moved[in_tasks], per_appearance[in_tasks])),
+        "loo_prototype_accuracy": float((scores["suggested_label"] == scores["label"]).mean()),
+        "n_flagged": int(flags.sum()),
+        "n_flagged_moved": int((flags & moved).sum()),
         "seconds": seconds,
     }
     logger.info("%s label noise: %s", name, out)
@@ -404,6 +412,7 @@ def main() -> None:
     parser.add_argument("--hessian-tasks", type=int, default=8)
     parser.add_argument("--lds-subsets", type=int, default=8, help="retrainings on random halves for task LDS")
     parser.add_argument("--no-label-noise", action="store_true", help="skip the 10%% moved-images run")
+    parser.add_argument("--label-noise-learners", default="protonet,maml", help="learners the moved-images run is for")
     parser.add_argument("--dataset", default="omniglot", choices=["omniglot", "mini-imagenet"])
     parser.add_argument("--size", type=int, default=42, help="mini-ImageNet image side (Omniglot is always 28)")
     parser.add_argument("--note", default="", help="free text stored in the json (e.g. what was left out and why)")
@@ -425,28 +434,30 @@ def main() -> None:
     pixels = torch.from_numpy(images)
     seeds = [int(seed) for seed in args.seeds.split(",")]
     maml_seeds = [int(seed) for seed in args.maml_seeds.split(",")] if args.maml_seeds else seeds
-    results = []
+    out = Path(args.out or REPO / "benchmarks" / "results" / f"fewshot_{args.dataset.replace('-', '_')}.json")
+    results: list[dict[str, Any]] = []
     for name in args.learners.split(","):
         for seed in maml_seeds if name == "maml" else seeds:
             seeded = argparse.Namespace(**{**vars(args), "seed": seed})
             result = run_learner(name, pixels, labels, seeded)
-            if not args.no_label_noise:
+            if not args.no_label_noise and name in args.label_noise_learners.split(","):
                 result["label_noise_10pct_images"] = run_label_noise(name, images, labels, seeded)
             results.append(result)
-    summary = {
-        "dataset": description,
-        "command": "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/fewshot_omniglot.py " + " ".join(sys.argv[1:]),
-        "protocol": "5-way 1-shot, fixed meta-training task set, 20% of tasks with shuffled labels",
-        "note": args.note,
-        "settings": vars(args),
-        "torch_threads": torch.get_num_threads(),
-        "summary": summarise(results),
-        "results": results,
-        "total_seconds": time.perf_counter() - start,
-    }
-    out = Path(args.out or REPO / "benchmarks" / "results" / f"fewshot_{args.dataset.replace('-', '_')}.json")
-    out.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    logger.info("wrote %s", out)
+            # Written after every learner and seed, so a long run that stops keeps what it finished.
+            summary = {
+                "dataset": description,
+                "command": "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/fewshot_omniglot.py "
+                + " ".join(sys.argv[1:]),
+                "protocol": "5-way 1-shot, fixed meta-training task set, 20% of tasks with shuffled labels",
+                "note": args.note,
+                "settings": vars(args),
+                "torch_threads": torch.get_num_threads(),
+                "summary": summarise(results),
+                "results": results,
+                "total_seconds": time.perf_counter() - start,
+            }
+            out.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+            logger.info("wrote %s (%d runs)", out, len(results))
 
 
 if __name__ == "__main__":

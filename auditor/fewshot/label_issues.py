@@ -11,6 +11,11 @@ much as an ordinary hard one.
 For MAML the same is computed on the backbone without its per-way linear head (the meta-learned features).
 Cost: one forward per image plus an n x C distance matrix, computed in blocks of rows; classes with a single
 image have no leave-one-out prototype and get NaN.
+
+`gate_label_issues` decides which outliers become flags: only images whose nearest leave-one-out prototype is
+another class, and none at all when the embedding cannot tell the classes apart (its leave-one-out prototype
+accuracy, over all classes at once, is below `MIN_LOO_ACCURACY`): a weak embedding (few meta-steps) leaves many
+correctly labelled images far from their class, and an outlier rule then flags the hardest of them.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ import torch.nn.functional as F
 from auditor.fewshot.learners import MetaLearner
 
 EMBED_BATCH = 256
+MIN_LOO_ACCURACY = 0.5
+"""Leave-one-out prototype accuracy below which no label issue is flagged (the embedding is not reliable)."""
 
 
 @dataclass(frozen=True)
@@ -72,3 +79,35 @@ def prototype_label_scores(embeddings: torch.Tensor, labels: np.ndarray, *, bloc
         loss[rows.numpy()] = block_loss.numpy()
         suggested[rows.numpy()] = logits.argmax(1).numpy()
     return PrototypeLabelScores(loss=loss, suggested=suggested)
+
+
+@dataclass(frozen=True)
+class LabelIssueGate:
+    """Whether label-issue flags were allowed: `loo_accuracy` is the share of scored images whose nearest
+    leave-one-out prototype is their own class; flags are kept only if it reaches `min_loo_accuracy`."""
+
+    loo_accuracy: float
+    min_loo_accuracy: float
+
+    @property
+    def reliable(self) -> bool:
+        return self.loo_accuracy >= self.min_loo_accuracy
+
+
+def gate_label_issues(
+    candidates: np.ndarray,
+    given: np.ndarray,
+    suggested: np.ndarray,
+    scored: np.ndarray,
+    *,
+    min_loo_accuracy: float = MIN_LOO_ACCURACY,
+) -> tuple[np.ndarray, LabelIssueGate]:
+    """Flags = `candidates` (e.g. loss outliers) whose suggested class differs from the given one, or no flags if
+    the leave-one-out accuracy over the `scored` rows is below `min_loo_accuracy`. Returns flags and the gate."""
+    disagree = np.asarray(given) != np.asarray(suggested)
+    scored = np.asarray(scored, dtype=bool)
+    accuracy = float((~disagree[scored]).mean()) if scored.any() else 0.0
+    gate = LabelIssueGate(loo_accuracy=accuracy, min_loo_accuracy=min_loo_accuracy)
+    if not gate.reliable:
+        return np.zeros(len(disagree), dtype=bool), gate
+    return np.asarray(candidates, dtype=bool) & disagree & scored, gate
