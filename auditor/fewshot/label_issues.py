@@ -13,9 +13,13 @@ Cost: one forward per image plus an n x C distance matrix, computed in blocks of
 image have no leave-one-out prototype and get NaN.
 
 `gate_label_issues` decides which outliers become flags: only images whose nearest leave-one-out prototype is
-another class, and none at all when the embedding cannot tell the classes apart (its leave-one-out prototype
-accuracy, over all classes at once, is below `MIN_LOO_ACCURACY`): a weak embedding (few meta-steps) leaves many
-correctly labelled images far from their class, and an outlier rule then flags the hardest of them.
+another class, and none at all when the embedding can hardly tell the classes apart (its leave-one-out prototype
+accuracy, over all classes at once, is below `MIN_LOO_ACCURACY`). The gate is deliberately low: label noise
+lowers that accuracy too (each mislabelled image is a miss), so it cannot tell a weak embedding from noisy
+labels. Measured on Omniglot small1 (136 classes, ProtoNet width 32, 40 tasks): clean labels 0.52 / 0.56 after
+60 / 400 meta-steps, 10% of images moved 0.40 / 0.43, and 0.26 after 8 steps; a gate at 0.5 would have silenced 76
+true flags of 79 (moved, 60 steps) and kept 133 false ones (clean, 400 steps). It stops flagging from a barely
+trained embedding only; the robust-z rule still flags the hard tail of clean data (37 and 133 images above).
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import torch.nn.functional as F
 from auditor.fewshot.learners import MetaLearner
 
 EMBED_BATCH = 256
-MIN_LOO_ACCURACY = 0.5
+MIN_LOO_ACCURACY = 0.25
 """Leave-one-out prototype accuracy below which no label issue is flagged (the embedding is not reliable)."""
 
 
