@@ -1,9 +1,11 @@
 """Few-shot audit entry point: episodes -> meta-training -> task and instance influence -> (optionally) the
 closed-form removal of the most harmful tasks checked against retraining. Returns tables; writes nothing.
 
-Cost: one meta-training run, one damped solve (iterations x HVPs over `hessian_tasks` tasks), one gradient per
-meta-training task, one double backward plus one gradient per support image per task for instance scores; `verify`
-adds one edit solve and one full retraining. Assumes `pixels` rows align with `samples` rows and every class has at
+Cost: one meta-training run; per meta-training checkpoint (task scores are averaged over them, see
+auditor.fewshot.influence; only the final one with `average_checkpoints=False` or L-BFGS) one damped solve
+(iterations x HVPs over `hessian_tasks` tasks) and one gradient per meta-training and validation task; one double
+backward plus one gradient per support image per task for instance scores; `verify` adds one edit solve and one
+full retraining. Assumes `pixels` rows align with `samples` rows and every class has at
 least shots + queries samples. Classes (not samples) are split into train/val/test pools; `samples.split` is not used.
 """
 

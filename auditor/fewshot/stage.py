@@ -193,7 +193,10 @@ def build_findings(table: pd.DataFrame, tasks: pd.DataFrame, config: AuditConfig
                 f"{len(tasks)} {shape} meta-training task(s) predicted to raise the validation-task loss most",
                 members,
                 {
-                    "method": f"task influence on the {config.learner} validation-task loss (damped inverse HVP)",
+                    "method": (
+                        f"task influence on the {config.learner} validation-task loss (damped inverse HVP), "
+                        "averaged over the meta-training checkpoints"
+                    ),
                     "task_ids": tasks["task_id"].astype(str).tolist(),
                     "scores": [float(s) for s in tasks["score"]],
                 },
