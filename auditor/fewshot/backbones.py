@@ -40,6 +40,12 @@ class FunctionalBackbone:
             flat = torch.cat([p.detach().reshape(-1) for p in self.module.parameters()])
         return flat.to(dtype)
 
+    def head_mask(self) -> torch.Tensor:
+        """Boolean mask over the flat parameters: True for those of the head (the module outside its body)."""
+        in_body = {id(p) for p in self.body.parameters()}
+        parts = [torch.full((p.numel(),), id(p) not in in_body) for p in self.module.parameters()]
+        return torch.cat(parts)
+
     def unflatten(self, params: torch.Tensor) -> dict[str, torch.Tensor]:
         """Name -> view of `params` with that parameter's shape."""
         chunks = torch.split(params, self.sizes)

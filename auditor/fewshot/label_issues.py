@@ -11,6 +11,15 @@ much as an ordinary hard one.
 For MAML the same is computed on the backbone without its per-way linear head (the meta-learned features).
 Cost: one forward per image plus an n x C distance matrix, computed in blocks of rows; classes with a single
 image have no leave-one-out prototype and get NaN.
+
+`gate_label_issues` decides which outliers become flags: only images whose nearest leave-one-out prototype is
+another class, and none at all when the embedding can hardly tell the classes apart (its leave-one-out prototype
+accuracy, over all classes at once, is below `MIN_LOO_ACCURACY`). The gate is deliberately low: label noise
+lowers that accuracy too (each mislabelled image is a miss), so it cannot tell a weak embedding from noisy
+labels. Measured on Omniglot small1 (136 classes, ProtoNet width 32, 40 tasks): clean labels 0.52 / 0.56 after
+60 / 400 meta-steps, 10% of images moved 0.40 / 0.43, and 0.26 after 8 steps; a gate at 0.5 would have silenced 76
+true flags of 79 (moved, 60 steps) and kept 133 false ones (clean, 400 steps). It stops flagging from a barely
+trained embedding only; the robust-z rule still flags the hard tail of clean data (37 and 133 images above).
 """
 
 from __future__ import annotations
@@ -24,6 +33,8 @@ import torch.nn.functional as F
 from auditor.fewshot.learners import MetaLearner
 
 EMBED_BATCH = 256
+MIN_LOO_ACCURACY = 0.25
+"""Leave-one-out prototype accuracy below which no label issue is flagged (the embedding is not reliable)."""
 
 
 @dataclass(frozen=True)
@@ -72,3 +83,35 @@ def prototype_label_scores(embeddings: torch.Tensor, labels: np.ndarray, *, bloc
         loss[rows.numpy()] = block_loss.numpy()
         suggested[rows.numpy()] = logits.argmax(1).numpy()
     return PrototypeLabelScores(loss=loss, suggested=suggested)
+
+
+@dataclass(frozen=True)
+class LabelIssueGate:
+    """Whether label-issue flags were allowed: `loo_accuracy` is the share of scored images whose nearest
+    leave-one-out prototype is their own class; flags are kept only if it reaches `min_loo_accuracy`."""
+
+    loo_accuracy: float
+    min_loo_accuracy: float
+
+    @property
+    def reliable(self) -> bool:
+        return self.loo_accuracy >= self.min_loo_accuracy
+
+
+def gate_label_issues(
+    candidates: np.ndarray,
+    given: np.ndarray,
+    suggested: np.ndarray,
+    scored: np.ndarray,
+    *,
+    min_loo_accuracy: float = MIN_LOO_ACCURACY,
+) -> tuple[np.ndarray, LabelIssueGate]:
+    """Flags = `candidates` (e.g. loss outliers) whose suggested class differs from the given one, or no flags if
+    the leave-one-out accuracy over the `scored` rows is below `min_loo_accuracy`. Returns flags and the gate."""
+    disagree = np.asarray(given) != np.asarray(suggested)
+    scored = np.asarray(scored, dtype=bool)
+    accuracy = float((~disagree[scored]).mean()) if scored.any() else 0.0
+    gate = LabelIssueGate(loo_accuracy=accuracy, min_loo_accuracy=min_loo_accuracy)
+    if not gate.reliable:
+        return np.zeros(len(disagree), dtype=bool), gate
+    return np.asarray(candidates, dtype=bool) & disagree & scored, gate

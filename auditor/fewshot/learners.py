@@ -99,6 +99,10 @@ class MetaLearner(ABC):
     def query_logits(self, params: torch.Tensor, task: TaskBatch) -> torch.Tensor:
         """Adapted logits for the query set (no graph kept to `params`)."""
 
+    def init_params(self, seed: int, *, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The meta-parameters training starts from: the backbone's seeded initialisation."""
+        return self.backbone.init_params(seed, dtype=dtype)
+
     def embed(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """The meta-learned features of `x`: the backbone without its per-way head."""
         return self.backbone.embed(params, x)
@@ -146,12 +150,30 @@ class MAML(MetaLearner):
     name: ClassVar[str] = "maml"
 
     def __init__(
-        self, backbone: FunctionalBackbone, *, inner_lr: float, inner_steps: int, second_order: bool = True
+        self,
+        backbone: FunctionalBackbone,
+        *,
+        inner_lr: float,
+        inner_steps: int,
+        second_order: bool = True,
+        zero_head: bool = False,
     ) -> None:
         super().__init__(backbone)
         self.inner_lr = inner_lr
         self.inner_steps = inner_steps
         self.second_order = second_order
+        self.zero_head = zero_head
+
+    def init_params(self, seed: int, *, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The backbone's initialisation, with the per-way head set to zero if `zero_head`. Labels are assigned
+        to ways at random in every task, so no initial head row can favour a class; a zero head makes the first
+        inner step write each way's row from its support features alone (a prototype-like classifier), which
+        trains much faster than a random head (Ye & Chao, "How to train your MAML to excel in few-shot
+        classification", ICLR 2022)."""
+        params = super().init_params(seed, dtype=dtype)
+        if self.zero_head:
+            params = params.masked_fill(self.backbone.head_mask(), 0.0)
+        return params
 
     def adapt(self, params: torch.Tensor, task: TaskBatch, support_weights: torch.Tensor | None = None) -> torch.Tensor:
         """Task parameters after the inner SGD steps. Second order: differentiable in `params` (and weights).

@@ -1,9 +1,11 @@
 """Few-shot audit entry point: episodes -> meta-training -> task and instance influence -> (optionally) the
 closed-form removal of the most harmful tasks checked against retraining. Returns tables; writes nothing.
 
-Cost: one meta-training run, one damped solve (iterations x HVPs over `hessian_tasks` tasks), one gradient per
-meta-training task, one double backward plus one gradient per support image per task for instance scores; `verify`
-adds one edit solve and one full retraining. Assumes `pixels` rows align with `samples` rows and every class has at
+Cost: one meta-training run; per meta-training checkpoint (task scores are averaged over them, see
+auditor.fewshot.influence; only the final one with `average_checkpoints=False` or L-BFGS) one damped solve
+(iterations x HVPs over `hessian_tasks` tasks) and one gradient per meta-training and validation task; one double
+backward plus one gradient per support image per task for instance scores; `verify` adds one edit solve and one
+full retraining. Assumes `pixels` rows align with `samples` rows and every class has at
 least shots + queries samples. Classes (not samples) are split into train/val/test pools; `samples.split` is not used.
 """
 
@@ -53,7 +55,8 @@ class FewShotOptions:
     )
     inner_lr: float = field(default=0.4, metadata={"help": "MAML inner-loop SGD step."})
     inner_steps: int = field(default=1, metadata={"help": "MAML inner-loop steps."})
-    second_order: bool = field(default=False, metadata={"help": "MAML through the inner loop (else first order)."})
+    second_order: bool = field(default=True, metadata={"help": "MAML through the inner loop (else first order)."})
+    zero_head: bool = field(default=True, metadata={"help": "MAML starts with a zero per-way head."})
     width: int = field(default=64, metadata={"help": "Conv-4 channels (image inputs)."})
     mlp_hidden: tuple[int, ...] = field(default=(), metadata={"help": "Hidden widths for feature-vector inputs."})
     mlp_relu: bool = True
@@ -98,7 +101,13 @@ def build_learner(
         backbone = MLPBackbone(dim, head, hidden=options.mlp_hidden, relu=options.mlp_relu)
     if name == "protonet":
         return ProtoNet(backbone), backbone
-    maml = MAML(backbone, inner_lr=options.inner_lr, inner_steps=options.inner_steps, second_order=options.second_order)
+    maml = MAML(
+        backbone,
+        inner_lr=options.inner_lr,
+        inner_steps=options.inner_steps,
+        second_order=options.second_order,
+        zero_head=options.zero_head,
+    )
     return maml, backbone
 
 
@@ -180,18 +189,20 @@ def run_fewshot_audit(
         seed=seed,
     )
     train, val, test = (materialize_tasks(s, inputs) for s in (splits.train, splits.val, splits.test))
-    meta, backbone = build_learner(learner, inputs, ways=ways, options=options)
-    initial = backbone.init_params(seed, dtype=inputs.dtype)
+    meta, _ = build_learner(learner, inputs, ways=ways, options=options)
+    initial = meta.init_params(seed, dtype=inputs.dtype)
     settings = options.train
     start = time.perf_counter()
-    params = train_meta(meta, initial, train, settings).params
+    trained = train_meta(meta, initial, train, settings)
+    params = trained.params
     train_s = time.perf_counter() - start
     accuracy = evaluate_accuracy(meta, params, test)
     logger.info("%s meta-trained in %.1fs: %d-way %d-shot test accuracy %.3f", learner, train_s, ways, shots, accuracy)
 
     start = time.perf_counter()
+    trajectory = [point for _, point in trained.checkpoints] if options.influence.average_checkpoints else []
     influence = compute_task_influence(
-        meta, params, train, val, weight_decay=settings.weight_decay, settings=options.influence
+        meta, params, train, val, weight_decay=settings.weight_decay, settings=options.influence, trajectory=trajectory
     )
     support_scores, query_scores = compute_instance_influence(meta, params, train, influence.inverse_hvp)
     classes = sorted(samples[LABEL].astype(str).unique())

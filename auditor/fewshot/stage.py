@@ -20,6 +20,7 @@ from auditor.analysis.harmful import HarmfulDetector
 from auditor.config import AuditConfig
 from auditor.errors import ConfigError, DataError
 from auditor.fewshot.influence import InfluenceSettings
+from auditor.fewshot.label_issues import LabelIssueGate, gate_label_issues
 from auditor.fewshot.run import FewShotOptions, FewShotResult, run_fewshot_audit
 from auditor.fewshot.training import MetaTrainSettings
 from auditor.schema import (
@@ -35,6 +36,7 @@ from auditor.schema import (
     METRICS_FILE,
     SAMPLE_ID,
     SAMPLES_TABLE,
+    SUGGESTED_LABEL,
 )
 from auditor.store import RunStore
 
@@ -113,12 +115,32 @@ def robust_outliers(scores: np.ndarray) -> np.ndarray:
     return HarmfulDetector().fit(scores).is_harmful_
 
 
+def label_issue_flags(table: pd.DataFrame) -> tuple[np.ndarray, LabelIssueGate]:
+    """Outliers of the leave-one-out prototype loss (robust z > 3.5), kept if their nearest leave-one-out
+    prototype is another class and the embedding passes the reliability gate (auditor.fewshot.label_issues)."""
+    # On the unbounded loss: the [0, 1] score bunches near 1, where a robust z-score loses its spread.
+    loss = table["label_issue_loss"].to_numpy(dtype=float)
+    return gate_label_issues(
+        robust_outliers(loss),
+        table[LABEL].astype(str).to_numpy(),
+        table[SUGGESTED_LABEL].astype(str).to_numpy(),
+        np.isfinite(loss),
+    )
+
+
 def build_samples_table(samples: pd.DataFrame, result: FewShotResult) -> pd.DataFrame:
     """Ingest samples plus the instance scores and the samples contract columns."""
     scores = result.sample_scores.drop(columns=[LABEL])
     table = samples.merge(scores, on=SAMPLE_ID, how="left", validate="one_to_one")
-    # Flagged on the unbounded loss: the [0, 1] score bunches near 1, where a robust z-score loses its spread.
-    table[IS_LABEL_ISSUE] = robust_outliers(table["label_issue_loss"].to_numpy(dtype=float))
+    flags, gate = label_issue_flags(table)
+    if not gate.reliable:
+        logger.warning(
+            "No label issues flagged: the meta-learned embedding's leave-one-out prototype accuracy %.3f is below "
+            "%.2f, too weak to tell a mislabelled image from a hard one (train longer: more meta-steps)",
+            gate.loo_accuracy,
+            gate.min_loo_accuracy,
+        )
+    table[IS_LABEL_ISSUE] = flags
     table[IS_HARMFUL] = robust_outliers(table[HARM_SCORE].to_numpy(dtype=float))
     group_of = {sid: g.group_id for g in find_exact_duplicates(table) for sid in g.sample_ids}
     table[DUPLICATE_GROUP] = table[SAMPLE_ID].map(group_of)
@@ -171,7 +193,10 @@ def build_findings(table: pd.DataFrame, tasks: pd.DataFrame, config: AuditConfig
                 f"{len(tasks)} {shape} meta-training task(s) predicted to raise the validation-task loss most",
                 members,
                 {
-                    "method": f"task influence on the {config.learner} validation-task loss (damped inverse HVP)",
+                    "method": (
+                        f"task influence on the {config.learner} validation-task loss (damped inverse HVP), "
+                        "averaged over the meta-training checkpoints"
+                    ),
                     "task_ids": tasks["task_id"].astype(str).tolist(),
                     "scores": [float(s) for s in tasks["score"]],
                 },
@@ -183,7 +208,8 @@ def build_findings(table: pd.DataFrame, tasks: pd.DataFrame, config: AuditConfig
             IS_LABEL_ISSUE,
             "label_issue",
             "likely mislabelled (far from its class once left out of its prototype)",
-            "leave-one-out prototype loss in the meta-learned embedding; label_issue_loss robust z > 3.5",
+            "leave-one-out prototype loss in the meta-learned embedding; label_issue_loss robust z > 3.5 and the "
+            "nearest leave-one-out prototype another class (none if its accuracy is below the reliability gate)",
         ),
         (
             HARM_SCORE,
@@ -236,6 +262,12 @@ def build_metrics(table: pd.DataFrame, errors: pd.DataFrame, result: FewShotResu
             "n_scored_samples": int(table[HARM_SCORE].notna().sum()),
         }
     )
+    _, gate = label_issue_flags(table)
+    metrics["fewshot"]["label_issue"] = {
+        "loo_accuracy": gate.loo_accuracy,
+        "min_loo_accuracy": gate.min_loo_accuracy,
+        "reliable": float(gate.reliable),
+    }
     return metrics
 
 

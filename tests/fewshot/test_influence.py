@@ -128,6 +128,28 @@ def test_task_influence_ranks_tasks_like_leave_one_task_out_retraining(
     assert actual[int(np.argmax(influence.scores))] < 0
 
 
+def test_checkpoint_averaged_scores_are_the_mean_of_task_influence_at_each_checkpoint(
+    blob_problem: BlobProblem,
+) -> None:
+    """Known answer: the averaged score is the plain mean of the per-point scores; the vectors the edit and the
+    instance scores reuse come from the final point; the final point listed in the trajectory counts once."""
+    learner = make_learner("protonet")
+    train, val = blob_problem.train, blob_problem.val
+    final = _train(learner, train)
+    early = 0.5 * (final + learner.init_params(0, dtype=torch.float64))
+    kwargs = {"weight_decay": WEIGHT_DECAY, "settings": SETTINGS}
+    at_early = compute_task_influence(learner, early, train, val, **kwargs)
+    at_final = compute_task_influence(learner, final, train, val, **kwargs)
+    averaged = compute_task_influence(learner, final, train, val, **kwargs, trajectory=[early, final.clone()])
+    assert averaged.checkpoint_scores.shape == (2, len(train))
+    np.testing.assert_allclose(averaged.checkpoint_scores[0], at_early.scores, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(averaged.scores, (at_early.scores + at_final.scores) / 2, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(averaged.predicted_val_loss_change, -averaged.scores / (len(train) - 1))
+    torch.testing.assert_close(averaged.inverse_hvp, at_final.inverse_hvp)
+    torch.testing.assert_close(averaged.mean_gradient, at_final.mean_gradient)
+    assert not np.allclose(at_early.scores, at_final.scores)  # the two points really differ
+
+
 @pytest.mark.parametrize("name", LEARNERS)
 def test_planted_noisy_tasks_rank_in_the_top_40_percent_by_harm(name: str) -> None:
     """20% of tasks get shuffled labels; over two seeds (8 noisy tasks) every one lands in the top 40%."""

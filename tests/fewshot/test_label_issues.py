@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from auditor.fewshot.backbones import Conv4Backbone, MLPBackbone
-from auditor.fewshot.label_issues import prototype_label_scores
+from auditor.fewshot.label_issues import MIN_LOO_ACCURACY, gate_label_issues, prototype_label_scores
 from auditor.fewshot.learners import MAML, ProtoNet
 
 
@@ -71,3 +71,40 @@ def test_maml_embeds_without_its_per_way_head_and_protonet_with_the_whole_networ
     features = torch.randn(5, 4, dtype=torch.float64)
     assert MAML(mlp, inner_lr=0.1, inner_steps=1).embed(flat, features).shape == (5, 6)
     assert ProtoNet(mlp).embed(flat, features).shape == (5, 3)
+
+
+def test_the_gate_flags_only_candidates_sent_to_another_class() -> None:
+    """Known answer: 10 scored images, 9 sit nearest their own class (accuracy 0.9 >= the gate); of the two loss
+    outliers only the one whose nearest leave-one-out prototype is another class is flagged; NaN rows never."""
+    given = np.array(["a"] * 5 + ["b"] * 5 + ["c"])
+    suggested = given.copy()
+    suggested[3] = "b"
+    candidates = np.zeros(11, dtype=bool)
+    candidates[[3, 7, 10]] = True  # 7 is an outlier that still sits nearest its own class
+    scored = np.r_[np.ones(10, dtype=bool), False]
+    flags, gate = gate_label_issues(candidates, given, suggested, scored)
+    assert gate.loo_accuracy == 0.9
+    assert gate.reliable
+    assert np.flatnonzero(flags).tolist() == [3]
+
+
+def test_a_weak_embedding_flags_nothing_and_says_so() -> None:
+    """Random embeddings of 20 classes: leave-one-out prototypes are near chance (1/20), far below the gate, so
+    no loss outlier is flagged; well-separated classes with one planted mislabel pass the gate and flag it."""
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(20), 10)
+    weak = prototype_label_scores(torch.tensor(rng.normal(size=(200, 8))), labels)
+    flags, gate = gate_label_issues(np.ones(200, dtype=bool), labels, weak.suggested, np.isfinite(weak.loss))
+    assert gate.loo_accuracy < 0.2
+    assert not gate.reliable
+    assert gate.min_loo_accuracy == MIN_LOO_ACCURACY
+    assert not flags.any()
+    centres = rng.normal(scale=10.0, size=(20, 8))
+    noisy = labels.copy()
+    noisy[0] = 1
+    strong = prototype_label_scores(torch.tensor(centres[labels] + rng.normal(size=(200, 8))), noisy)
+    outliers = strong.loss > np.nanpercentile(strong.loss, 99)
+    flags, gate = gate_label_issues(outliers, noisy, strong.suggested, np.isfinite(strong.loss))
+    assert gate.reliable
+    assert flags[0]
+    assert strong.suggested[0] == 0

@@ -106,3 +106,17 @@ def test_conv4_backbone_hessian_vector_product_matches_finite_differences() -> N
     eps = 1e-6
     finite = (mean_grad(params + eps * vector) - mean_grad(params - eps * vector)) / (2 * eps)
     assert float((hv - finite).norm() / finite.norm()) < 1e-6
+
+
+def test_zero_head_maml_starts_with_a_zero_head_and_an_unchanged_body() -> None:
+    backbone = Conv4Backbone(1, image_size=16, out_features=5, width=8)
+    plain = MAML(backbone, inner_lr=0.4, inner_steps=1).init_params(3)
+    zeroed = MAML(backbone, inner_lr=0.4, inner_steps=1, zero_head=True).init_params(3)
+    mask = backbone.head_mask()
+    assert int(mask.sum()) == 8 * 5 + 5  # the Linear(width -> ways) weight and bias
+    assert bool((zeroed[mask] == 0).all())
+    assert bool((plain[mask] != 0).any())
+    torch.testing.assert_close(zeroed[~mask], plain[~mask])
+    x = torch.randn(4, 1, 16, 16)
+    assert bool((backbone(zeroed, x) == 0).all())  # every way starts equally likely
+    assert int(Conv4Backbone(1, image_size=16, out_features=None, width=8).head_mask().sum()) == 0
