@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from auditor import __version__
-from auditor.config import FORMATS, HARM_METHODS, LEARNERS, AuditConfig
+from auditor.config import DEFAULT_HARM_METHOD, FORMATS, HARM_METHODS, LEARNERS, AuditConfig
 from auditor.errors import AuditorError, one_line
 
 if TYPE_CHECKING:
@@ -41,9 +41,10 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-size", type=int, default=None, help="proxy input size in pixels (default: by data)")
     parser.add_argument(
         "--method",
-        default="tracin",
+        default=DEFAULT_HARM_METHOD,
         choices=HARM_METHODS,
-        help="estimator of harm_score and the --target-* columns (default tracin; README: Choosing --method)",
+        help=f"estimator of harm_score and the --target-* columns (default {DEFAULT_HARM_METHOD}; README: "
+        "Choosing --method)",
     )
     parser.add_argument("--name", default=None, help="run name (default: the data folder's name)")
     parser.add_argument("--out", default=None, help="run directory (default: reports/<name>)")

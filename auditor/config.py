@@ -15,6 +15,7 @@ from auditor.errors import ConfigError
 
 LEARNERS = ("protonet", "maml")
 # Harm estimators of `--method` (auditor.influence.methods.METHODS has one function per name).
+DEFAULT_HARM_METHOD = "if-cg"
 HARM_METHODS = (
     "tracin",
     "tracin-normalized",
@@ -61,7 +62,7 @@ class AuditConfig:
     targets: tuple[str, ...] = field(
         default=(), metadata={"help": "Extra influence targets (auditor.influence.targets spec strings)."}
     )
-    method: str = field(default="tracin", metadata={"help": f"Harm estimator: one of {HARM_METHODS}."})
+    method: str = field(default=DEFAULT_HARM_METHOD, metadata={"help": f"Harm estimator: one of {HARM_METHODS}."})
     overwrite: bool = field(default=False, metadata={"help": "Delete an existing run directory first."})
     fiftyone: bool = field(default=True, metadata={"help": "Write the FiftyOne dataset."})
     fiftyone_dataset: str | None = field(default=None, metadata={"help": "FiftyOne dataset to audit (not DATA)."})
@@ -154,7 +155,7 @@ class AuditConfig:
             raise ConfigError(f"--meta-steps must be at least 1; got {self.meta_steps}")
         if self.few_shot and self.fiftyone_dataset is not None:
             raise ConfigError("--few-shot reads images from DATA; it cannot be combined with --fiftyone DATASET")
-        if self.few_shot and (self.model != "auto" or self.targets or self.method != "tracin"):
+        if self.few_shot and (self.model != "auto" or self.targets or self.method != DEFAULT_HARM_METHOD):
             raise ConfigError("--few-shot meta-trains its own Conv-4; --model, --method and --target-* do not apply")
 
     @property
@@ -182,6 +183,6 @@ class AuditConfig:
         skipped = _NON_RESULT_FIELDS if self.fiftyone_dataset else _NON_RESULT_FIELDS | _FIFTYONE_SOURCE_FIELDS
         if not self.few_shot:
             skipped = skipped | _FEWSHOT_FIELDS
-        if self.method == "tracin":  # runs made before --method existed still resume
+        if self.method == DEFAULT_HARM_METHOD:  # runs made before --method existed still resume
             skipped = skipped | {"method"}
         return {k: v for k, v in self.to_dict().items() if k not in skipped}

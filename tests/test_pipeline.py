@@ -247,7 +247,7 @@ def test_eval_and_verify_check_the_scores_by_retraining(
     audit_json = json.loads((out / "audit.json").read_text())
     summary = audit_json["metrics"]["influence_check"]
     assert summary["n_removed"] == 2
-    assert summary["method"] == "tracin"
+    assert summary["method"] == "if-cg"
     assert isinstance(summary["harm_beats_random"], bool)
     assert 'id="influence-check"' in (out / "index.html").read_text()
     assert "**Influence check:** retraining without the 2 most harmful" in (out / "summary.md").read_text()

@@ -102,6 +102,9 @@ def run_scoring(
         target = parse_target(target_spec)
         rows = target_rows(target, samples)
         target_sets[target.column] = (pixels[rows], targets[rows])
+    if method.startswith("if-") and not isinstance(getattr(network, "head", None), torch.nn.Linear):
+        logger.warning("--method %s needs a final nn.Linear named `head`; this model has none: harm by tracin", method)
+        method = "tracin"
     harms = compute_harm(
         method,
         HarmInputs(

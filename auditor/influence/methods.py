@@ -6,8 +6,7 @@ predicted to lower that set's mean loss. Cost and assumptions of each (N scored 
 P parameters, T target sets):
 
   tracin             TracIn (Pruthi et al. 2020): -sum_k lr_k g_k(z) . g_k(target). K per-sample
-                     gradient passes; assumes SGD-like training. The default: best measured trade-off
-                     (benchmarks/influence_eval.py; README "Choosing --method").
+                     gradient passes; assumes SGD-like training.
   tracin-normalized  The same with both gradients scaled to unit length (cosine; Pruthi et al.'s
                      "normalized" variant): stops a few large-gradient rows dominating. Same cost.
   trak               TRAK (Park et al. 2023, auditor.influence.trak): CountSketch-projected gradients
@@ -17,7 +16,10 @@ P parameters, T target sets):
                      Influence functions (Koh & Liang 2017) on the final linear layer, where the loss is
                      convex, with that inverse-Hessian solver (auditor.influence.ihvp); last checkpoint
                      only. Cheap (features are already computed); blind to the backbone. if-exact needs
-                     a head of at most _EXACT_MAX_PARAMS parameters.
+                     a head of at most _EXACT_MAX_PARAMS parameters. if-cg is the default: the best measured
+                     trade-off (benchmarks/influence_eval.py, README "Choosing --method": the highest LDS and
+                     the largest removal gain of the target-aware methods but Kronfluence, at a twentieth of
+                     its time); models without a Linear `head` fall back to tracin (auditor.influence.engine).
   knn-shapley        Minus the exact kNN-Shapley value (Jia et al. 2019) in the final embedding (k=10).
                      O(T N log N); measures value for a kNN classifier, not the network.
   loss               Target-blind baseline: the row's mean loss over the checkpoints.
@@ -35,7 +37,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from auditor.config import HARM_METHODS
+from auditor.config import DEFAULT_HARM_METHOD, HARM_METHODS
 from auditor.errors import ConfigError
 from auditor.influence.ihvp import IHVPSettings
 from auditor.influence.influence_functions import compute_head_influence
@@ -47,7 +49,7 @@ from auditor.models.train import predict
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_METHOD = "tracin"
+DEFAULT_METHOD = DEFAULT_HARM_METHOD
 _EXACT_MAX_PARAMS = 20_000
 HEAD_DAMPING = 0.01
 
