@@ -48,6 +48,8 @@ def check_run(
     train_rows = main.train_rows
     columns = {c: scores[c].to_numpy(dtype=np.float64)[train_rows] for c in CHECKED_COLUMNS if c in scores}
     val_rows = np.flatnonzero(samples[SPLIT].to_numpy() == "val")
+    if not len(val_rows):
+        raise AuditorError(f"{store.root} has no validation split; the check measures the validation loss")
     train = TrainSettings(
         epochs=config.epochs,
         batch_size=config.batch_size,
