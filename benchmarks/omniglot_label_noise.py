@@ -137,6 +137,32 @@ def run_seed(dataset: str, seed: int, epochs: int, workdir: Path) -> dict[str, o
     }
 
 
+DESCRIPTIONS = {
+    "omniglot": "omniglot images_background_small1, 10% of images moved to another character",
+    "digits": "scikit-learn digits (1,797 8x8), 10% of images moved to another digit",
+    "mini-imagenet": "mini-ImageNet subset (2,016 84x84, 100 classes), 10% of images moved to another class",
+}
+
+
+def write_summary(args: argparse.Namespace, runs: list[dict[str, object]], *, complete: bool) -> None:
+    summary = {
+        "dataset": DESCRIPTIONS[args.dataset],
+        "model": f"the run's proxy (models.json spec), {args.epochs} epochs, same settings for both tools",
+        "command": f"OMP_NUM_THREADS=1 .venv/bin/python benchmarks/omniglot_label_noise.py --dataset {args.dataset} "
+        "--seeds " + " ".join(str(s) for s in args.seeds),
+        "complete": complete,
+        "mean": {
+            tool: {
+                key: float(np.mean([run[tool][key] for run in runs]))  # type: ignore[index]
+                for key in ("auroc", "ap", "precision", "recall", "wall_s")
+            }
+            for tool in ("auditor", "cleanlab")
+        },
+        "runs": runs,
+    }
+    Path(args.out).write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", choices=DATASETS, default="omniglot")
@@ -148,28 +174,11 @@ def main() -> None:
         name = "omniglot_label_noise" if args.dataset == "omniglot" else f"mislabels_{args.dataset}"
         args.out = str(REPO / "benchmarks" / "results" / f"{name}.json")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    runs: list[dict[str, object]] = []
     with tempfile.TemporaryDirectory() as tmp:
-        runs = [run_seed(args.dataset, seed, args.epochs, Path(tmp)) for seed in args.seeds]
-    descriptions = {
-        "omniglot": "omniglot images_background_small1, 10% of images moved to another character",
-        "digits": "scikit-learn digits (1,797 8x8), 10% of images moved to another digit",
-        "mini-imagenet": "mini-ImageNet subset (2,016 84x84, 100 classes), 10% of images moved to another class",
-    }
-    summary = {
-        "dataset": descriptions[args.dataset],
-        "model": f"the run's proxy (models.json spec), {args.epochs} epochs, same settings for both tools",
-        "command": f"OMP_NUM_THREADS=1 .venv/bin/python benchmarks/omniglot_label_noise.py --dataset {args.dataset} "
-        "--seeds " + " ".join(str(s) for s in args.seeds),
-        "mean": {
-            tool: {
-                key: float(np.mean([run[tool][key] for run in runs]))  # type: ignore[index]
-                for key in ("auroc", "ap", "precision", "recall", "wall_s")
-            }
-            for tool in ("auditor", "cleanlab")
-        },
-        "runs": runs,
-    }
-    Path(args.out).write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        for seed in args.seeds:
+            runs.append(run_seed(args.dataset, seed, args.epochs, Path(tmp)))
+            write_summary(args, runs, complete=len(runs) == len(args.seeds))  # a killed run keeps its seeds
     logger.info("Wrote %s", args.out)
 
 
