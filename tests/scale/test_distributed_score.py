@@ -103,7 +103,8 @@ def test_torchrun_two_ranks_give_the_one_process_scores(reference_run: Path, tmp
 
     assert done.returncode == 0, done.stderr
     assert "Joined a gloo job as rank 0 of 2" in done.stderr
-    assert "tracin main: rank 0 of 2 scores rows [0, " in done.stderr  # rank 0 did only its block
+    # rank 0 did only its block of the cross-fit TracIn (harm_score is the default if-cg, on every rank)
+    assert "tracin fold0: rank 0 of 2 scores rows [0, " in done.stderr
     expected, got = pd.read_parquet(single / "scores.parquet"), pd.read_parquet(sharded / "scores.parquet")
     assert list(got.columns) == list(expected.columns)
     assert got["sample_id"].tolist() == expected["sample_id"].tolist()
@@ -129,7 +130,7 @@ def test_torchrun_audit_trains_once_and_scores_sharded_like_one_process(
     assert done.returncode == 0, done.stderr
     assert "Joined a gloo job as rank 0 of 2" in done.stderr
     assert done.stderr.count("Stage train") == 1  # rank 0 trained; rank 1 waited (its INFO lines are muted)
-    assert "tracin main: rank 0 of 2 scores rows [0, " in done.stderr
+    assert "tracin fold0: rank 0 of 2 scores rows [0, " in done.stderr
     # Training is one process either way, so the models and everything before scoring are identical.
     for name in ("samples.parquet", "findings.json"):
         assert (out / name).is_file(), name
