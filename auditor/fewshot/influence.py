@@ -282,18 +282,15 @@ def compute_task_influence(
     not counted twice). Cost: one solve and T + |val| gradients per point."""
     if len(train) < 2:
         raise ConfigError("task influence needs at least two meta-training tasks")
-    earlier = [point for point in trajectory if not torch.equal(point, params)]
+    # The final point goes last: its inverse HVP and mean gradient are the ones returned.
+    points = [point for point in trajectory if not torch.equal(point, params)] + [params]
     per_point = []
-    for k, point in enumerate(earlier):
-        scores, _, _, info = _task_influence_at(
+    for k, point in enumerate(points):
+        scores, inverse_hvp, g_bar, info = _task_influence_at(
             learner, point, train, val, weight_decay=weight_decay, settings=settings
         )
-        logger.info("task-IF at checkpoint %d/%d: damping %.3g", k + 1, len(earlier) + 1, info.damping)
+        logger.info("task-IF at checkpoint %d/%d: damping %.3g", k + 1, len(points), info.damping)
         per_point.append(scores)
-    scores, inverse_hvp, g_bar, info = _task_influence_at(
-        learner, params, train, val, weight_decay=weight_decay, settings=settings
-    )
-    per_point.append(scores)
     checkpoint_scores = np.stack(per_point)
     mean_scores = checkpoint_scores.mean(0)
     return TaskInfluence(

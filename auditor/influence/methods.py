@@ -32,6 +32,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -42,7 +43,7 @@ from auditor.errors import ConfigError
 from auditor.influence.ihvp import IHVPSettings
 from auditor.influence.influence_functions import compute_head_influence
 from auditor.influence.knn_shapley import compute_knn_shapley
-from auditor.influence.tracin import compute_tracin
+from auditor.influence.tracin import TracInScores, compute_tracin
 from auditor.influence.trak import compute_trak
 from auditor.models.fitting import TrainedModel
 from auditor.models.train import predict
@@ -74,18 +75,21 @@ class HarmInputs:
 Estimator = Callable[[HarmInputs], dict[str, np.ndarray]]
 
 
-def _tracin(inputs: HarmInputs, *, normalized: bool = False) -> dict[str, np.ndarray]:
-    scores = compute_tracin(
+def _main_tracin(inputs: HarmInputs, **options: Any) -> TracInScores:
+    """TracIn over the main model's checkpoints on its training rows (`options` go to compute_tracin)."""
+    return compute_tracin(
         inputs.network,
         inputs.main.checkpoints,
         inputs.pixels,
         inputs.targets,
-        extra_targets=inputs.target_sets,
         batch_size=inputs.batch_size,
         progress=inputs.progress,
-        desc="tracin main",
-        normalized=normalized,
+        **options,
     )
+
+
+def _tracin(inputs: HarmInputs, *, normalized: bool = False) -> dict[str, np.ndarray]:
+    scores = _main_tracin(inputs, extra_targets=inputs.target_sets, desc="tracin main", normalized=normalized)
     return scores.target_harm
 
 
@@ -136,15 +140,7 @@ def _knn_shapley(inputs: HarmInputs) -> dict[str, np.ndarray]:
 
 
 def _target_blind(inputs: HarmInputs, *, use_loss: bool) -> dict[str, np.ndarray]:
-    scores = compute_tracin(
-        inputs.network,
-        inputs.main.checkpoints,
-        inputs.pixels,
-        inputs.targets,
-        batch_size=inputs.batch_size,
-        progress=inputs.progress,
-        desc="baseline",
-    )
+    scores = _main_tracin(inputs, desc="baseline")
     values = scores.losses.mean(0) if use_loss else scores.self_influence
     return {name: values.copy() for name in inputs.target_sets}
 
